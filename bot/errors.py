@@ -1,0 +1,114 @@
+"""The one exception tree. `BotError` subclasses carry a stable `code` and a message that is safe
+to show a user; anything else is an unknown error and is shown only as a reference id."""
+
+from __future__ import annotations
+
+
+class BotError(Exception):
+    """Root of every error Billing Triage raises on purpose."""
+
+    code = "bot_error"
+    #: Exit code for `billing-triage ask` when this error answers the command.
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UserError(BotError):
+    """The user asked for something we can't do as asked; the message says how to fix it."""
+
+    code = "user_error"
+
+
+class UsageError(UserError):
+    """The command text does not fit the grammar (unknown subcommand, missing argument)."""
+
+    code = "usage"
+    exit_code = 2
+
+
+class InvalidAmount(UserError):
+    """An amount that does not parse, or is zero or negative."""
+
+    code = "invalid_amount"
+
+
+class InvalidIdentifier(UserError):
+    """An ACCOUNT, payment or request identifier that is malformed."""
+
+    code = "invalid_identifier"
+
+
+class AccountNotFound(UserError):
+    """No provider knows the account."""
+
+    code = "account_not_found"
+
+
+class AmbiguousAccount(UserError):
+    """An email or ID that matches several customers."""
+
+    code = "ambiguous_account"
+
+
+class NotImplementedYet(UserError):
+    """A subcommand whose feature has not landed yet."""
+
+    code = "coming_soon"
+    exit_code = 0
+
+
+class ConfigError(BotError):
+    """Settings are missing or malformed; raised at start with one line per problem."""
+
+    code = "config"
+    exit_code = 2
+
+
+class ProviderError(BotError):
+    """A billing provider failed (after retries). `provider` names it for the user."""
+
+    code = "provider_error"
+
+    def __init__(self, provider: str, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.status = status
+
+
+class ProviderUnavailable(ProviderError):
+    """Connection errors, timeouts, 5xx or 429 that outlasted the retry budget."""
+
+    code = "provider_unavailable"
+
+
+class ProviderRateLimited(ProviderUnavailable):
+    """429s that outlasted the retry budget."""
+
+    code = "provider_rate_limited"
+
+
+class ProviderAuthError(ProviderError):
+    """401/403: the key is wrong or lacks permission."""
+
+    code = "provider_auth"
+
+
+class ProviderNotFound(ProviderError):
+    """404 from the provider for an object we asked for."""
+
+    code = "provider_not_found"
+
+
+class ProviderBadResponse(ProviderError):
+    """The provider answered something we could not parse (malformed JSON, missing fields)."""
+
+    code = "provider_bad_response"
+
+
+class ProviderRequestError(ProviderError):
+    """Other 4xx: the provider rejected our request."""
+
+    code = "provider_request"

@@ -1,0 +1,1 @@
+"""Application services: use cases that combine the domain with ports (providers, storage, LLM)."""

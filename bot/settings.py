@@ -1,0 +1,237 @@
+"""Settings: every variable of DESIGN §2, read from the environment and `.env`, validated at start.
+
+Secrets are `SecretStr` so they never print. `Settings.load()` collects every problem and raises
+one `ConfigError` with one line per problem.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bot.errors import ConfigError
+
+CHANNEL_RE = re.compile(r"^[CGD][A-Z0-9]{2,}$")
+PRINCIPAL_RE = re.compile(r"^[UWS][A-Z0-9]{2,}$")
+COMMAND_RE = re.compile(r"^/[a-z0-9_\-]{1,31}$")
+Mode = Literal["http", "socket", "local"]
+
+
+class Settings(BaseSettings):
+    """All configuration. Field names are the environment variable names, lower-cased."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    slack_bot_token: SecretStr | None = None
+    slack_signing_secret: SecretStr | None = None
+    slack_app_token: SecretStr | None = None
+    slack_api_url: str = "https://slack.com/api/"
+    billing_command: str = "/billing"
+    finance_channel: str | None = None
+    oncall_channel: str | None = None
+    finance_approvers: str = ""
+    requesters: str = ""
+    dual_approval_above: Decimal = Decimal("1000")
+    request_ttl_hours: int = 48
+
+    stripe_api_key: SecretStr | None = None
+    stripe_api_base: str = "https://api.stripe.com"
+    stripe_webhook_secret: SecretStr | None = None
+    stripe_account_id_metadata_key: str = "account_id"
+    orb_api_key: SecretStr | None = None
+    orb_api_base: str = "https://api.withorb.com/v1"
+    orb_webhook_secret: SecretStr | None = None
+    metronome_api_key: SecretStr | None = None
+    metronome_api_base: str = "https://api.metronome.com"
+    metronome_webhook_secret: SecretStr | None = None
+
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    openai_model: str = "gpt-4o-mini"
+
+    database_url: str = "sqlite+aiosqlite:///billing-triage.db"
+    sandbox: bool | None = None
+    auto_migrate: bool = True
+    scan_interval_minutes: int = 15
+    log_level: str = "INFO"
+    log_format: Literal["json", "console"] = "console"
+    port: int = Field(default=3000, ge=1, le=65535)
+
+    @field_validator(
+        "slack_bot_token", "slack_signing_secret", "slack_app_token", "stripe_api_key",
+        "stripe_webhook_secret", "orb_api_key", "orb_webhook_secret", "metronome_api_key",
+        "metronome_webhook_secret", "openai_api_key", mode="before",
+    )  # fmt: skip
+    @classmethod
+    def _blank_secret_is_unset(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("finance_channel", "oncall_channel", "openai_base_url", "sandbox", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("dual_approval_above", mode="before")
+    @classmethod
+    def _amount(cls, value: Any) -> Any:
+        try:
+            dec = Decimal(str(value).strip().lstrip("$").replace(",", ""))
+        except InvalidOperation:
+            raise ValueError(f"must be an amount in major units like 1000, got {value!r}") from None
+        if not dec.is_finite() or dec < 0:
+            raise ValueError(f"must be a non-negative amount, got {value!r}")
+        return dec
+
+    @field_validator("request_ttl_hours")
+    @classmethod
+    def _positive_ttl(cls, value: int) -> int:
+        if value <= 0:
+            raise ValueError("must be a positive number of hours")
+        return value
+
+    @field_validator("scan_interval_minutes")
+    @classmethod
+    def _non_negative_interval(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("must be 0 (off) or a positive number of minutes")
+        return value
+
+    @field_validator("finance_channel", "oncall_channel")
+    @classmethod
+    def _channel(cls, value: str | None) -> str | None:
+        if value is not None and not CHANNEL_RE.match(value.strip()):
+            raise ValueError(f"must be a Slack channel ID like C0123ABCD, got {value!r}")
+        return value.strip() if value else value
+
+    @field_validator("finance_approvers", "requesters")
+    @classmethod
+    def _principals(cls, value: str) -> str:
+        bad = [p for p in _split(value) if not PRINCIPAL_RE.match(p)]
+        if bad:
+            raise ValueError(
+                "must be comma-separated Slack user IDs (U…, W…) or user-group IDs (S…); "
+                f"not valid: {', '.join(bad)}"
+            )
+        return value
+
+    @field_validator("billing_command")
+    @classmethod
+    def _command(cls, value: str) -> str:
+        if not COMMAND_RE.match(value):
+            raise ValueError(f"must look like /billing (a slash and up to 31 characters), got {value!r}")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        if not (
+            value.startswith("sqlite+aiosqlite://") or value.startswith("postgresql+asyncpg://")
+        ):
+            if value.startswith(("postgres://", "postgresql://")):
+                raise ValueError(
+                    "must use the asyncpg driver: postgresql+asyncpg://user:pass@host/db"
+                )
+            raise ValueError(
+                "must be sqlite+aiosqlite:///path.db or postgresql+asyncpg://user:pass@host/db"
+            )
+        return value
+
+    @field_validator("slack_api_url", "stripe_api_base", "orb_api_base", "metronome_api_base", "openai_base_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError(f"must be an http(s) URL, got {value!r}")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        upper = value.upper()
+        if upper not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return upper
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _format(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    # --- derived -------------------------------------------------------------------------
+
+    @property
+    def approvers(self) -> frozenset[str]:
+        """FINANCE_APPROVERS as a set of user and user-group IDs."""
+        return frozenset(_split(self.finance_approvers))
+
+    @property
+    def requester_set(self) -> frozenset[str]:
+        """REQUESTERS as a set; empty means everyone."""
+        return frozenset(_split(self.requesters))
+
+    @property
+    def enabled_providers(self) -> tuple[str, ...]:
+        """Providers whose API key is set, in display order."""
+        keys = {
+            "stripe": self.stripe_api_key,
+            "orb": self.orb_api_key,
+            "metronome": self.metronome_api_key,
+        }
+        return tuple(name for name, key in keys.items() if key is not None)
+
+    @property
+    def use_sandbox(self) -> bool:
+        """True when SANDBOX=1, or no provider key is set and SANDBOX is not 0."""
+        if self.sandbox is not None:
+            return self.sandbox or not self.enabled_providers
+        return not self.enabled_providers
+
+    def require(self, mode: Mode) -> None:
+        """Check what `mode` needs; raise `ConfigError` with one line per problem."""
+        problems: list[str] = []
+        if mode == "http":
+            if self.slack_bot_token is None:
+                problems.append("SLACK_BOT_TOKEN is required for `serve` (HTTP mode).")
+            if self.slack_signing_secret is None:
+                problems.append("SLACK_SIGNING_SECRET is required for `serve` (HTTP mode).")
+        if mode == "socket":
+            if self.slack_bot_token is None:
+                problems.append("SLACK_BOT_TOKEN is required for `socket` (Socket Mode).")
+            if self.slack_app_token is None:
+                problems.append("SLACK_APP_TOKEN (xapp-…) is required for `socket` (Socket Mode).")
+        if mode in ("http", "socket"):
+            token = self.slack_bot_token
+            if token is not None and not token.get_secret_value().startswith("xoxb-"):
+                problems.append("SLACK_BOT_TOKEN must be a bot token starting with xoxb-.")
+        if mode == "socket":
+            app_token = self.slack_app_token
+            if app_token is not None and not app_token.get_secret_value().startswith("xapp-"):
+                problems.append("SLACK_APP_TOKEN must be an app-level token starting with xapp-.")
+        if problems:
+            raise ConfigError("\n".join(problems))
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Settings:
+        """Read the environment (and `.env`); raise `ConfigError` listing every bad variable."""
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            lines = []
+            for err in exc.errors():
+                name = str(err["loc"][0]).upper() if err["loc"] else "SETTINGS"
+                msg = str(err["msg"]).removeprefix("Value error, ")
+                lines.append(f"{name}: {msg}")
+            raise ConfigError("\n".join(lines)) from None
+
+
+def _split(value: str) -> list[str]:
+    return [p.strip() for p in value.split(",") if p.strip()]

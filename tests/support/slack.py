@@ -1,0 +1,1 @@
+"""Slack test helpers (filled in by the Slack test-infrastructure work)."""
