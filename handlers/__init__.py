@@ -1,1 +1,23 @@
-"""The Slack edge: listeners, middleware, Block Kit views and the one error handler."""
+"""The Slack edge: listeners, middleware, Block Kit views and the one error handler.
+
+Each feature module has `register(app, deps)`; `register_all` wires them in order.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from slack_bolt.async_app import AsyncApp
+
+    from bot.app import Deps
+
+
+def register_all(app: AsyncApp, deps: Deps) -> None:
+    """Register middleware, listeners and the error handler on `app`."""
+    from handlers import commands, errors, mentions, middleware
+
+    middleware.register(app, deps)
+    commands.register(app, deps)
+    mentions.register(app, deps)
+    errors.register(app, deps)

@@ -11,6 +11,7 @@ import pytest
 pytest_plugins = [
     "tests.support.postgres",
     "tests.support.slack",
+    "tests.support.app",
 ]
 
 _PREFIXES = ("SLACK_", "STRIPE_", "ORB_", "METRONOME_", "OPENAI_", "FINANCE_", "ONCALL_")

@@ -134,30 +134,41 @@ class Money:
 
 
 _AMOUNT_RE = re.compile(r"^(?P<sym>[$€£¥])?(?P<num>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)$")
+MAX_AMOUNT = Decimal("1000000000")
 
 
-def parse_amount(text: str, currency: str = "usd") -> Money:
-    """Parse user-typed money: `25`, `25.00`, `$25`, `$1,250.50`, `1,250.5`.
-
-    Rejects garbage, exponents, negatives, zero, and more decimals than the currency has,
-    raising `InvalidAmount` with a message the user can act on.
-    """
+def parse_amount_value(text: str) -> Decimal:
+    """Parse user-typed money without knowing the currency yet: `25`, `25.00`, `$25`,
+    `$1,250.50`, `1,250.5`. Rejects garbage, exponents, negatives, zero, absurd sizes and more
+    than three decimals, raising `InvalidAmount` with a message the user can act on."""
     raw = text.strip()
     cleaned = raw.replace("\u00a0", "").replace(" ", "")
-    if cleaned.upper().endswith(currency.upper()) and len(cleaned) > len(currency):
-        cleaned = cleaned[: -len(currency)]
-    if cleaned.startswith("-") or cleaned.startswith("−"):
+    for code in ("USD", "EUR", "GBP", "JPY", "CAD", "AUD"):
+        if cleaned.upper().endswith(code) and len(cleaned) > len(code):
+            cleaned = cleaned[: -len(code)]
+            break
+    if cleaned.startswith(("-", "−", "$-", "-$")):
         raise InvalidAmount(f"`{raw}` is negative; give a positive amount like `25` or `$1,250.50`.")
     match = _AMOUNT_RE.match(cleaned)
     if not match:
         raise InvalidAmount(f"`{raw}` is not an amount; write it like `25`, `25.00` or `$1,250.50`.")
     value = Decimal(match.group("num").replace(",", ""))
-    digits = exponent(currency)
-    places = -int(value.as_tuple().exponent)
-    if places > digits:
-        raise InvalidAmount(
-            f"`{raw}` has more decimals than {currency.upper()} allows ({digits})."
-        )
+    if -int(value.as_tuple().exponent) > 3:
+        raise InvalidAmount(f"`{raw}` has too many decimals.")
     if value <= 0:
         raise InvalidAmount(f"`{raw}` must be more than zero.")
+    if value > MAX_AMOUNT:
+        raise InvalidAmount(f"`{raw}` is larger than any amount Billing Triage handles.")
+    return value
+
+
+def parse_amount(text: str, currency: str = "usd") -> Money:
+    """Parse user-typed money in `currency`; like `parse_amount_value`, and also rejects more
+    decimals than the currency has (`12.50` JPY)."""
+    value = parse_amount_value(text)
+    digits = exponent(currency)
+    if -int(value.as_tuple().exponent) > digits:
+        raise InvalidAmount(
+            f"`{text.strip()}` has more decimals than {currency.upper()} allows ({digits})."
+        )
     return Money(value, currency)

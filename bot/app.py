@@ -1,0 +1,185 @@
+"""The composition root: `build_app(settings, *, overrides…)` wires settings, storage, providers,
+the LLM and the Slack listeners into one Bolt `AsyncApp`. Nothing connects at import time; the
+only place that imports handlers, integrations and storage together."""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.domain.ports import BillingProvider
+from bot.inflight import InFlight
+from bot.metrics import Metrics
+from bot.services.lookup import LookupService
+from bot.settings import Settings
+from bot.storage.db import Database
+from bot.storage.migrate import upgrade
+
+log = logging.getLogger("bot.app")
+
+
+@dataclass
+class Observer:
+    """What the shell and `ask` want to know about a command's outcome (exit codes)."""
+
+    errors: list[BaseException] = field(default_factory=list)
+
+    def reset(self) -> None:
+        """Forget previous outcomes."""
+        self.errors.clear()
+
+
+@dataclass
+class Deps:
+    """Per-process dependencies, injected into every listener through `context["deps"]`."""
+
+    settings: Settings
+    database: Database
+    providers: Mapping[str, BillingProvider]
+    lookup: LookupService
+    llm: Any = None
+    inflight: InFlight = field(default_factory=InFlight)
+    metrics: Metrics = field(default_factory=Metrics)
+    observer: Observer = field(default_factory=Observer)
+    #: Set when the sandbox answers instead of real providers (shown in the UI).
+    sandbox: bool = False
+
+    async def aclose(self) -> None:
+        """Close provider clients, the LLM client and the database."""
+        for provider in self.providers.values():
+            try:
+                await provider.aclose()
+            except Exception:  # a failing close must not block the others
+                log.exception("closing provider failed", extra={"provider": provider.name})
+        if self.llm is not None and hasattr(self.llm, "aclose"):
+            await self.llm.aclose()
+        await self.database.dispose()
+
+
+_DEPS: weakref.WeakKeyDictionary[AsyncApp, Deps] = weakref.WeakKeyDictionary()
+
+
+def deps_of(app: AsyncApp) -> Deps:
+    """The dependencies `build_app` wired into `app`."""
+    return _DEPS[app]
+
+
+def build_providers(settings: Settings) -> tuple[dict[str, BillingProvider], bool]:
+    """Real provider clients for the keys that are set, or the sandbox when none is."""
+    if settings.use_sandbox:
+        from integrations.sandbox.providers import sandbox_providers
+
+        return dict(sandbox_providers()), True
+    providers: dict[str, BillingProvider] = {}
+    if settings.stripe_api_key is not None:
+        from integrations.stripe import StripeBillingProvider
+
+        providers["stripe"] = StripeBillingProvider(
+            settings.stripe_api_key,
+            base_url=settings.stripe_api_base,
+            account_id_metadata_key=settings.stripe_account_id_metadata_key,
+        )
+    if settings.orb_api_key is not None:
+        from integrations.orb import OrbBillingProvider
+
+        providers["orb"] = OrbBillingProvider(settings.orb_api_key, base_url=settings.orb_api_base)
+    if settings.metronome_api_key is not None:
+        from integrations.metronome import MetronomeBillingProvider
+
+        providers["metronome"] = MetronomeBillingProvider(
+            settings.metronome_api_key, base_url=settings.metronome_api_base
+        )
+    return providers, False
+
+
+def build_llm(settings: Settings) -> Any:
+    """The LLM client when `OPENAI_API_KEY` is set, else None (deterministic wording)."""
+    if settings.openai_api_key is None:
+        return None
+    from integrations.llm import OpenAILLMClient
+
+    return OpenAILLMClient(
+        settings.openai_api_key, base_url=settings.openai_base_url, model=settings.openai_model
+    )
+
+
+def build_app(
+    settings: Settings,
+    *,
+    providers: Mapping[str, BillingProvider] | None = None,
+    llm: Any = None,
+    database: Database | None = None,
+    slack_client: AsyncWebClient | None = None,
+    process_before_response: bool = False,
+    sandbox: bool | None = None,
+) -> AsyncApp:
+    """Build the Bolt app with real adapters unless a test passes fakes."""
+    from handlers import register_all
+
+    if providers is None:
+        providers, is_sandbox = build_providers(settings)
+    else:
+        is_sandbox = bool(sandbox)
+    if llm is None:
+        llm = build_llm(settings)
+    db = database or Database(settings.database_url)
+    token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
+    if slack_client is None:
+        slack_client = AsyncWebClient(token=token, base_url=settings.slack_api_url)
+    slack_client.retry_handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=2))
+    signing = settings.slack_signing_secret
+    app = AsyncApp(
+        client=slack_client,
+        signing_secret=signing.get_secret_value() if signing else "",
+        process_before_response=process_before_response,
+        raise_error_for_unhandled_request=False,
+    )
+    metrics = Metrics()
+    deps = Deps(
+        settings=settings,
+        database=db,
+        providers=providers,
+        lookup=LookupService(providers, database=db),
+        llm=llm,
+        metrics=metrics,
+        sandbox=is_sandbox,
+    )
+    metrics.samplers.append(lambda: _provider_samples(providers))
+    _DEPS[app] = deps
+    register_all(app, deps)
+    return app
+
+
+def _provider_samples(
+    providers: Mapping[str, BillingProvider],
+) -> list[tuple[str, dict[str, str], float]]:
+    samples: list[tuple[str, dict[str, str], float]] = []
+    for name, provider in providers.items():
+        http = getattr(provider, "http", None)
+        if http is None:
+            continue
+        samples.append(("billing_triage_provider_calls_total", {"provider": name}, http.calls))
+        samples.append(("billing_triage_provider_errors_total", {"provider": name}, http.errors))
+    return samples
+
+
+async def startup(app: AsyncApp) -> None:
+    """Run migrations unless `AUTO_MIGRATE=0`."""
+    deps = deps_of(app)
+    if deps.settings.auto_migrate:
+        await upgrade(deps.settings.database_url)
+
+
+async def shutdown(app: AsyncApp, *, drain_timeout: float = 10.0) -> None:
+    """Let running listener work finish (bounded), then close every client."""
+    deps = deps_of(app)
+    if not await deps.inflight.wait_idle(drain_timeout):
+        log.warning("shutdown with work still running", extra={"running": deps.inflight.count})
+    await deps.aclose()

@@ -1,0 +1,110 @@
+"""The `billing-triage` command line (DESIGN §1). Exit codes: 0 success, 1 user error, 2 usage
+or configuration error."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import sys
+from collections.abc import Sequence
+
+from bot.errors import BotError, ConfigError
+from bot.logs import configure
+from bot.settings import Settings
+
+USER_RE = re.compile(r"^[UW][A-Z0-9]{2,}$")
+
+
+def _user(value: str) -> str:
+    if not USER_RE.match(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a Slack user ID like U0123ABCD")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="billing-triage",
+        description="Billing Triage: billing lookups, explanations, approvals and alerts in Slack.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = sub.add_parser("serve", help="HTTP mode (production): POST /slack/events")
+    serve.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")  # noqa: S104
+    serve.add_argument("--port", type=int, default=None, help="port (default 3000, or PORT)")
+    sub.add_parser("socket", help="Socket Mode (development)")
+    shell = sub.add_parser("shell", help="local console, no Slack needed")
+    shell.add_argument("--as", dest="user", type=_user, default="U0LOCALUSER", metavar="USER_ID")
+    ask = sub.add_parser("ask", help="run one /billing command locally and print the answer")
+    ask.add_argument("text", nargs="+", help="what you would type after /billing")
+    ask.add_argument("--as", dest="user", type=_user, default="U0LOCALUSER", metavar="USER_ID")
+    scan = sub.add_parser("scan", help="one anomaly scan over all accounts")
+    scan.add_argument("--json", action="store_true", help="one JSON object per alert per line")
+    scan.add_argument("--post", action="store_true", help="post new alerts to ONCALL_CHANNEL")
+    db = sub.add_parser("db", help="database commands")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
+    db_sub.add_parser("upgrade", help="create or migrate the schema")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script and `python -m bot`."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.load()
+    except ConfigError as exc:
+        print(f"billing-triage: configuration error:\n{exc.message}", file=sys.stderr)
+        return 2
+    quiet = args.command in ("ask", "shell", "scan") and settings.log_level == "INFO"
+    configure("WARNING" if quiet else settings.log_level, settings.log_format)
+    try:
+        return asyncio.run(_run(args, settings))
+    except ConfigError as exc:
+        print(f"billing-triage: configuration error:\n{exc.message}", file=sys.stderr)
+        return 2
+    except BotError as exc:
+        print(f"billing-triage: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "db":
+        from bot.storage.migrate import upgrade
+
+        await upgrade(settings.database_url)
+        print(f"database is up to date ({_safe_url(settings.database_url)})")
+        return 0
+    if args.command == "serve":
+        settings.require("http")
+        from bot.app import build_app
+        from handlers.web import serve_forever
+
+        port = args.port if args.port is not None else settings.port
+        await serve_forever(build_app(settings), host=args.host, port=port)
+        return 0
+    if args.command == "socket":
+        settings.require("socket")
+        from bot.app import build_app
+        from handlers.web import socket_forever
+
+        assert settings.slack_app_token is not None
+        await socket_forever(build_app(settings), settings.slack_app_token.get_secret_value())
+        return 0
+    if args.command == "shell":
+        from bot.shell import run_shell
+
+        return await run_shell(settings, user_id=args.user)
+    if args.command == "ask":
+        from bot.shell import run_ask
+
+        return await run_ask(settings, " ".join(args.text), user_id=args.user)
+    if args.command == "scan":
+        print("billing-triage scan: anomaly scans are not available yet.", file=sys.stderr)
+        return 2
+    raise AssertionError(args.command)
+
+
+def _safe_url(url: str) -> str:
+    """The database URL without its password."""
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)

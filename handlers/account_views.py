@@ -1,0 +1,180 @@
+"""Block Kit for an account's billing snapshot (`/billing ACCOUNT`): providers side by side."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime
+from decimal import Decimal
+
+from bot.domain.models import (
+    PROVIDER_LABELS,
+    BillingSnapshot,
+    Invoice,
+    PaymentStatus,
+    ProviderSnapshot,
+    Subscription,
+    SubscriptionStatus,
+)
+from bot.domain.money import Money
+from handlers.views import Block, Reply, clip, context, divider, escape, header, section
+
+DASHBOARDS = {
+    "stripe": "https://dashboard.stripe.com/customers/{id}",
+    "orb": "https://app.withorb.com/customers/{id}",
+    "metronome": "https://app.metronome.com/customers/{id}",
+}
+INVOICES_SHOWN = 4
+ITEMS_SHOWN = 4
+
+
+def fmt_date(when: datetime | None) -> str:
+    """`Oct 1, 2026` (UTC), or an em dash."""
+    return when.strftime("%b %-d, %Y") if when else "—"
+
+
+def _status_icon(status: SubscriptionStatus) -> str:
+    return {
+        SubscriptionStatus.ACTIVE: ":large_green_circle:",
+        SubscriptionStatus.TRIALING: ":large_blue_circle:",
+        SubscriptionStatus.PAST_DUE: ":red_circle:",
+        SubscriptionStatus.UNPAID: ":red_circle:",
+    }.get(status, ":white_circle:")
+
+
+def _current_sub(subs: tuple[Subscription, ...]) -> Subscription | None:
+    live = [s for s in subs if s.status not in (SubscriptionStatus.CANCELED, SubscriptionStatus.ENDED)]
+    return (live or list(subs) or [None])[0]
+
+
+def _period_spend(snap: ProviderSnapshot, sub: Subscription | None) -> tuple[Money | None, str]:
+    """Current-period spend: the upcoming invoice if known, else costs since the period began."""
+    if snap.upcoming_invoice is not None:
+        return snap.upcoming_invoice.total, "upcoming invoice so far"
+    start = sub.current_period_start.date() if sub and sub.current_period_start else None
+    costs = [p.cost for p in snap.usage if p.cost is not None and (start is None or p.day >= start)]
+    if not costs or start is None:
+        return None, ""
+    total = costs[0]
+    for c in costs[1:]:
+        if c.currency == total.currency:
+            total = total + c
+    return total, f"usage cost since {fmt_date(sub.current_period_start if sub else None)}"
+
+
+def _usage_lines(snap: ProviderSnapshot, sub: Subscription | None) -> list[str]:
+    start = sub.current_period_start.date() if sub and sub.current_period_start else None
+    totals: dict[str, Decimal] = defaultdict(Decimal)
+    for point in snap.usage:
+        if point.metric and point.quantity is not None and (start is None or point.day >= start):
+            totals[point.metric] += point.quantity
+    ranked = sorted(totals.items(), key=lambda kv: kv[1], reverse=True)[:ITEMS_SHOWN]
+    return [f"{escape(metric)}: {qty:,.0f}" for metric, qty in ranked]
+
+
+def _invoice_line(inv: Invoice, *, link: bool) -> str:
+    label = f"`{inv.id}`"
+    if link and inv.url:
+        label = f"<{inv.url}|{inv.number or inv.id}>"
+    return f"{label} {fmt_date(inv.created_at)} · *{inv.total}* · {inv.status.value.replace('_', ' ')}"
+
+
+def provider_blocks(snap: ProviderSnapshot, *, sandbox: bool) -> list[Block]:
+    """The blocks of one provider's column."""
+    label = PROVIDER_LABELS.get(snap.provider, snap.provider)
+    cust = snap.customer
+    sub = _current_sub(snap.subscriptions)
+    ident = f"`{cust.customer_id}`"
+    if not sandbox:
+        ident = f"<{DASHBOARDS[snap.provider].format(id=cust.customer_id)}|{cust.customer_id}>"
+    fields = [f"*{label}*\n{ident}"]
+    if sub is not None:
+        period = ""
+        if sub.current_period_end:
+            period = f"\nperiod ends {fmt_date(sub.current_period_end)}"
+        fields.append(
+            f"*Plan*\n{_status_icon(sub.status)} {escape(sub.plan_name or 'unnamed plan')} "
+            f"({sub.status.value.replace('_', ' ')}){period}"
+        )
+    else:
+        fields.append("*Plan*\nno subscription")
+    spend, how = _period_spend(snap, sub)
+    if spend is not None:
+        fields.append(f"*Current period*\n{spend} ({how})")
+    balance_lines = [
+        f"{b.name or b.kind.replace('_', ' ')}: {b.remaining}"
+        + (f" of {b.granted}" if b.granted is not None else "")
+        for b in snap.balances
+    ]
+    if cust.balance is not None and not cust.balance.is_zero():
+        owed = cust.balance
+        balance_lines.append(
+            f"customer balance: {-owed} credit" if owed.amount < 0 else f"owes {owed}"
+        )
+    if balance_lines:
+        fields.append("*Credits / balance*\n" + "\n".join(balance_lines[:ITEMS_SHOWN]))
+    usage = _usage_lines(snap, sub)
+    if usage:
+        fields.append("*Usage this period*\n" + "\n".join(usage))
+    if cust.delinquent:
+        fields.append("*Delinquent*\n:red_circle: yes")
+    blocks: list[Block] = [section(f"*{label}* · {escape(cust.name or '')}", fields=fields[:10])]
+
+    details: list[str] = []
+    if snap.invoices:
+        invs = [_invoice_line(i, link=not sandbox) for i in snap.invoices[:INVOICES_SHOWN]]
+        details.append("*Recent invoices*\n" + "\n".join(invs))
+    failed = [p for p in snap.payments if p.status is PaymentStatus.FAILED][:ITEMS_SHOWN]
+    if failed:
+        rows = [
+            f"`{p.id}` {fmt_date(p.created_at)} · {p.amount} · "
+            f"{escape(p.failure_message or p.failure_code or 'failed')}"
+            for p in failed
+        ]
+        details.append(":x: *Failed payments*\n" + "\n".join(rows))
+    open_disputes = [d for d in snap.disputes if d.is_open]
+    if open_disputes:
+        rows = [
+            f"`{d.id}` {d.amount} · {d.reason.replace('_', ' ')} · {d.status.replace('_', ' ')} · "
+            f"*evidence due {fmt_date(d.evidence_due_by)}*"
+            for d in open_disputes[:ITEMS_SHOWN]
+        ]
+        details.append(":rotating_light: *Open disputes*\n" + "\n".join(rows))
+    if snap.refunds:
+        rows = [
+            f"`{r.id}` {fmt_date(r.created_at)} · {r.amount} · {r.status}"
+            + (f" · {r.reason.replace('_', ' ')}" if r.reason else "")
+            for r in snap.refunds[:ITEMS_SHOWN]
+        ]
+        details.append("*Refunds*\n" + "\n".join(rows))
+    if details:
+        blocks.append(section(clip("\n\n".join(details), 3000)))
+    return blocks
+
+
+def snapshot_reply(snapshot: BillingSnapshot, *, sandbox: bool = False) -> Reply:
+    """The whole account view."""
+    acct = snapshot.account
+    title = acct.display_name or acct.account_id or "Account"
+    blocks: list[Block] = [header(f"{title} · {acct.account_id}" if acct.account_id else title)]
+    notes = []
+    if acct.email:
+        notes.append(escape(acct.email))
+    if sandbox:
+        notes.append("sandbox data")
+    if snapshot.fetched_at:
+        notes.append(f"as of {snapshot.fetched_at.strftime('%b %-d %H:%M UTC')}")
+    if notes:
+        blocks.append(context(" · ".join(notes)))
+    for failure in snapshot.failures:
+        label = PROVIDER_LABELS.get(failure.provider, failure.provider)
+        blocks.append(context(f":warning: *{label}: {failure.reason}* — the rest is shown."))
+    for snap in snapshot.providers:
+        blocks.append(divider())
+        blocks.extend(provider_blocks(snap, sandbox=sandbox))
+    if not snapshot.providers:
+        blocks.append(section("No provider could answer for this account right now."))
+    failed = ", ".join(
+        f"{PROVIDER_LABELS.get(f.provider, f.provider)}: {f.reason}" for f in snapshot.failures
+    )
+    text = f"Billing state of {title}" + (f" ({failed})" if failed else "")
+    return Reply(text=text, blocks=blocks[:49])

@@ -1,0 +1,76 @@
+"""The `/billing` slash command and the "Share in channel" button."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
+
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.domain.commands import parse_command
+from handlers import views
+from handlers.dispatch import answer
+from handlers.errors import guarded
+
+if TYPE_CHECKING:
+    from bot.app import Deps
+
+log = logging.getLogger("handlers.commands")
+
+
+def register(app: AsyncApp, deps: Deps) -> None:
+    """Register the slash command and the share button."""
+
+    @app.command(deps.settings.billing_command)
+    async def handle_billing_command(
+        ack: AsyncAck,
+        body: dict[str, Any],
+        command: dict[str, Any],
+        respond: AsyncRespond,
+        context: dict[str, Any],
+        client: AsyncWebClient,
+    ) -> None:
+        await ack()
+        async with guarded(deps, body=body, context=context, client=client, respond=respond):
+            deps.metrics.inc("billing_triage_commands_total")
+            text = command.get("text") or ""
+            cmd = parse_command(text)
+
+            async def progress(reply: views.Reply) -> None:
+                await respond(text=reply.text, blocks=reply.blocks, response_type="ephemeral")
+                context["progress_posted"] = True
+
+            reply = await answer(cmd, deps, command_text=text, progress=progress)
+            await respond(
+                text=reply.text,
+                blocks=reply.render_blocks(),
+                response_type="ephemeral",
+                replace_original=bool(context.get("progress_posted")),
+            )
+
+    @app.action(views.SHARE_ACTION)
+    async def handle_share_action(
+        ack: AsyncAck,
+        body: dict[str, Any],
+        action: dict[str, Any],
+        respond: AsyncRespond,
+        context: dict[str, Any],
+        client: AsyncWebClient,
+    ) -> None:
+        await ack()
+        async with guarded(deps, body=body, context=context, client=client, respond=respond):
+            try:
+                text = str(json.loads(action.get("value") or "{}").get("cmd", ""))
+            except (ValueError, AttributeError):
+                text = ""
+            cmd = parse_command(text)
+            reply = await answer(cmd, deps, command_text=text)
+            await respond(
+                text=reply.text,
+                blocks=reply.render_blocks(with_share=False),
+                response_type="in_channel",
+                replace_original=False,
+            )

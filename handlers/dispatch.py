@@ -1,0 +1,79 @@
+"""One path from a parsed command to its reply, shared by the slash command, mentions and the
+"Share in channel" button."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from bot.domain.commands import (
+    AlertsCommand,
+    Command,
+    CreditCommand,
+    DraftCommand,
+    ExplainCommand,
+    HelpCommand,
+    HistoryCommand,
+    RefundCommand,
+    StatusCommand,
+)
+from handlers import views
+from handlers.account_views import snapshot_reply
+
+if TYPE_CHECKING:
+    from bot.app import Deps
+
+Progress = Callable[[views.Reply], Awaitable[None]]
+
+
+async def answer(
+    cmd: Command, deps: Deps, *, command_text: str, progress: Progress | None = None
+) -> views.Reply:
+    """Run `cmd` and build its reply. Raises `BotError`s for the error handler to render."""
+    name = deps.settings.billing_command
+    if isinstance(cmd, HelpCommand):
+        return views.help_reply(name, cmd.topic)
+    if isinstance(cmd, StatusCommand):
+        if progress is not None:
+            where = ", ".join(p.capitalize() for p in deps.providers) or "no providers"
+            await progress(views.progress_reply(f"Looking up `{cmd.account.value}` in {where}…"))
+        snapshot = await deps.lookup.snapshot(cmd.account)
+        reply = snapshot_reply(snapshot, sandbox=deps.sandbox)
+        return views.Reply(
+            text=reply.text,
+            blocks=reply.blocks,
+            shareable=True,
+            share_value=views.share_value(command_text),
+        )
+    return _coming_soon(cmd)
+
+
+def _coming_soon(cmd: Command) -> views.Reply:
+    if isinstance(cmd, ExplainCommand):
+        extra = f", invoice {cmd.invoice_id}" if cmd.invoice_id else ""
+        return views.coming_soon_reply("explain", f"account {cmd.account.value}{extra}")
+    if isinstance(cmd, DraftCommand):
+        notes = " with your notes" if cmd.notes else ""
+        return views.coming_soon_reply("draft", f"account {cmd.account.value}{notes}")
+    if isinstance(cmd, RefundCommand):
+        parts = [f"account {cmd.account.value}"]
+        if cmd.amount is not None:
+            parts.append(f"amount {cmd.amount}")
+        if cmd.payment_id:
+            parts.append(f"payment {cmd.payment_id}")
+        if cmd.reason:
+            parts.append("a reason")
+        return views.coming_soon_reply("refund", ", ".join(parts))
+    if isinstance(cmd, CreditCommand):
+        parts = [f"account {cmd.account.value}"]
+        if cmd.amount is not None:
+            parts.append(f"amount {cmd.amount}")
+        if cmd.reason:
+            parts.append("a reason")
+        return views.coming_soon_reply("credit", ", ".join(parts))
+    if isinstance(cmd, AlertsCommand):
+        return views.coming_soon_reply("alerts", "no arguments needed")
+    if isinstance(cmd, HistoryCommand):
+        target = cmd.request_id or (cmd.account.value if cmd.account else "")
+        return views.coming_soon_reply("history", target)
+    raise AssertionError(f"unhandled command {cmd!r}")

@@ -1,0 +1,118 @@
+"""The one error handler: known errors become short ephemeral text; anything else becomes
+"something went wrong (ref …)" with the reference and traceback only in the log."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from slack_bolt.async_app import AsyncApp, AsyncRespond
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.errors import BotError, ProviderError
+from handlers import views
+
+if TYPE_CHECKING:
+    from bot.app import Deps
+
+log = logging.getLogger("handlers.errors")
+
+
+def reply_for(error: BaseException) -> tuple[views.Reply, str | None]:
+    """The reply for `error`, and the reference when it was unknown."""
+    if isinstance(error, ProviderError):
+        return views.error_reply(f"{error.message}. Try again in a minute."), None
+    if isinstance(error, BotError):
+        return views.error_reply(error.message), None
+    ref = secrets.token_hex(3)
+    return views.unknown_error_reply(ref), ref
+
+
+async def report(
+    error: BaseException,
+    *,
+    deps: Deps,
+    body: dict[str, Any],
+    context: dict[str, Any],
+    client: AsyncWebClient,
+    respond: AsyncRespond | None,
+) -> None:
+    """Tell the user about `error` (known: its message; unknown: a reference in the log)."""
+    deps.observer.errors.append(error)
+    reply, ref = reply_for(error)
+    if ref is not None:
+        deps.metrics.inc("billing_triage_errors_total", kind="unknown")
+        log.error("unhandled error ref=%s", ref, exc_info=error, extra={"ref": ref})
+    else:
+        deps.metrics.inc("billing_triage_errors_total", kind=getattr(error, "code", "bot"))
+        log.info("user-facing error", extra={"code": getattr(error, "code", "")})
+    try:
+        await _deliver(reply, body, context, client, respond)
+    except Exception:
+        log.exception("could not deliver the error message", extra={"ref": ref or ""})
+
+
+@asynccontextmanager
+async def guarded(
+    deps: Deps,
+    *,
+    body: dict[str, Any],
+    context: dict[str, Any],
+    client: AsyncWebClient,
+    respond: AsyncRespond | None,
+) -> AsyncIterator[None]:
+    """Run a listener's work after ack: count it as in flight and report any error.
+
+    Listeners must not let errors escape to Bolt right after `ack()`: Bolt's runner then
+    overwrites the ack with None and answers Slack 404 three seconds later.
+    """
+    async with deps.inflight.track():
+        try:
+            yield
+        except Exception as error:
+            await report(error, deps=deps, body=body, context=context, client=client, respond=respond)
+
+
+def register(app: AsyncApp, deps: Deps) -> None:
+    """Register the `@app.error` handler for errors that escape a listener or middleware."""
+
+    @app.error
+    async def handle_errors(
+        error: BaseException,
+        body: dict[str, Any],
+        context: dict[str, Any],
+        client: AsyncWebClient,
+        respond: AsyncRespond | None,
+    ) -> None:
+        await report(error, deps=deps, body=body, context=context, client=client, respond=respond)
+
+
+async def _deliver(
+    reply: views.Reply,
+    body: dict[str, Any],
+    context: dict[str, Any],
+    client: AsyncWebClient,
+    respond: AsyncRespond | None,
+) -> None:
+    """Say it where the request came from: response_url, else the mention's thread."""
+    if respond is not None:
+        await respond(
+            text=reply.text,
+            blocks=reply.blocks,
+            response_type="ephemeral",
+            # Replace our own "Looking up…" message; never a shared message with buttons.
+            replace_original=bool(context.get("progress_posted")),
+        )
+        return
+    event = body.get("event") or {}
+    channel = event.get("channel")
+    if channel:
+        await client.chat_postMessage(
+            channel=channel,
+            text=reply.text,
+            blocks=reply.blocks,
+            thread_ts=event.get("thread_ts") or event.get("ts"),
+        )

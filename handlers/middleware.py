@@ -1,0 +1,50 @@
+"""Global middleware: inject the dependencies into `context`, and drop Events API retries of
+events already processed (Bolt does not deduplicate; keyed by team and event_id)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from slack_bolt.async_app import AsyncApp
+from slack_bolt.response import BoltResponse
+
+if TYPE_CHECKING:
+    from bot.app import Deps
+
+log = logging.getLogger("handlers.middleware")
+
+
+def register(app: AsyncApp, deps: Deps) -> None:
+    """Add the middleware to `app`."""
+
+    @app.middleware
+    async def inject_deps(
+        context: dict[str, Any], next: Callable[[], Awaitable[None]]  # noqa: A002 - Bolt's name
+    ) -> None:
+        context["deps"] = deps
+        await next()
+
+    @app.middleware
+    async def dedupe_events(
+        body: dict[str, Any], next: Callable[[], Awaitable[None]]  # noqa: A002 - Bolt's name
+    ) -> BoltResponse | None:
+        if body.get("type") != "event_callback" or not body.get("event_id"):
+            await next()
+            return None
+        source = f"slack:{body.get('team_id') or '-'}"
+        try:
+            async with deps.database.uow() as uow:
+                first = await uow.events.mark_processed(source, str(body["event_id"]))
+                await uow.commit()
+        except Exception:
+            # Fail open: answering twice beats losing a mention when the database hiccups.
+            log.warning("event dedupe unavailable", exc_info=True)
+            first = True
+        if not first:
+            deps.metrics.inc("billing_triage_slack_duplicate_events_total")
+            log.info("duplicate event dropped", extra={"event_id": body["event_id"]})
+            return BoltResponse(status=200, body="")
+        await next()
+        return None

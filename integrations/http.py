@@ -1,0 +1,287 @@
+"""The one HTTP policy for every provider: timeouts, retries (tenacity), `Retry-After`, a total
+deadline per request, per-provider concurrency limits, and translation into `ProviderError`s.
+
+Retry rules (STYLE point 9): only transient failures (connection errors, timeouts, 429, 5xx,
+malformed bodies) and only for idempotent requests — reads, or writes that carry an idempotency
+key. A provider hook may veto or force a retry from its own headers (`Stripe-Should-Retry`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from bot.errors import (
+    ProviderAuthError,
+    ProviderBadResponse,
+    ProviderError,
+    ProviderNotFound,
+    ProviderRateLimited,
+    ProviderRequestError,
+    ProviderUnavailable,
+)
+
+log = logging.getLogger("integrations.http")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Timeouts and retry budget for one provider."""
+
+    connect_timeout: float = 3.0
+    read_timeout: float = 8.0
+    max_attempts: int = 4
+    backoff_base: float = 0.25
+    backoff_max: float = 4.0
+    #: Server-given delays (`Retry-After`) are honoured up to this many seconds.
+    max_retry_after: float = 8.0
+    #: Total time for one request including every retry and wait.
+    deadline: float = 15.0
+    #: Requests in flight at once to this provider (per client instance).
+    concurrency: int = 8
+
+
+#: Hook deciding on a retry from a response: True force, False veto, None default rules.
+RetryHook = Callable[[httpx.Response], bool | None]
+#: Hook turning an error response body into a short, safe message (no secrets, no PII).
+ErrorParser = Callable[[httpx.Response], str]
+
+
+class _Transient(Exception):
+    """An attempt failed in a way that may succeed on retry."""
+
+    def __init__(self, reason: str, *, response: httpx.Response | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.response = response
+
+
+def decode_json(content: bytes) -> Any:
+    """Parse a provider body: JSON numbers with fractions become `Decimal`, never float."""
+    return json.loads(content, parse_float=Decimal)
+
+
+def retry_after_seconds(response: httpx.Response) -> float | None:
+    """Seconds from `Retry-After` (delta seconds or HTTP date) or `retry-after-ms`, if present."""
+    ms = response.headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def default_error_message(response: httpx.Response) -> str:
+    """A short message from a JSON error body (`message`, `detail`, `error.message`), else the status."""
+    try:
+        body = response.json()
+    except ValueError:
+        return f"HTTP {response.status_code}"
+    if isinstance(body, Mapping):
+        err = body.get("error")
+        if isinstance(err, Mapping) and isinstance(err.get("message"), str):
+            return str(err["message"])[:300]
+        for key in ("detail", "message", "title"):
+            if isinstance(body.get(key), str):
+                return str(body[key])[:300]
+    return f"HTTP {response.status_code}"
+
+
+class ProviderHttp:
+    """One provider's HTTP client under the shared policy. Created once, closed on shutdown."""
+
+    def __init__(
+        self,
+        provider: str,
+        *,
+        base_url: str,
+        headers: Mapping[str, str],
+        policy: RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        retry_hook: RetryHook | None = None,
+        error_parser: ErrorParser | None = None,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ) -> None:
+        self.provider = provider
+        self.policy = policy or RetryPolicy()
+        self._retry_hook = retry_hook
+        self._error_parser = error_parser or default_error_message
+        self._sleep = sleep
+        self._limit = asyncio.Semaphore(self.policy.concurrency)
+        p = self.policy
+        self._client = httpx.AsyncClient(
+            base_url=base_url.rstrip("/") + "/",
+            headers=dict(headers),
+            transport=transport,
+            timeout=httpx.Timeout(p.read_timeout, connect=p.connect_timeout),
+            follow_redirects=False,
+        )
+        #: Counters for /metrics: (provider, outcome) -> count.
+        self.calls = 0
+        self.errors = 0
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Any = None,
+        json_body: Any = None,
+        form: Any = None,
+        headers: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+        idempotent: bool | None = None,
+        deadline: float | None = None,
+    ) -> Any:
+        """Send one request under the policy and return the decoded JSON body.
+
+        `path` is relative to the base URL (no leading slash needed). `idempotent` defaults to
+        True for GET and for requests with an `idempotency_key`; POST reads (Metronome) pass True.
+        Raises a `ProviderError` subclass when the request fails for good.
+        """
+        may_retry = idempotent if idempotent is not None else (
+            method.upper() == "GET" or idempotency_key is not None
+        )
+        send_headers = dict(headers or {})
+        if idempotency_key is not None:
+            send_headers["Idempotency-Key"] = idempotency_key
+        budget = deadline if deadline is not None else self.policy.deadline
+        started = time.monotonic()
+        url = path.lstrip("/")
+
+        async def attempt() -> Any:
+            remaining = budget - (time.monotonic() - started)
+            if remaining <= 0:
+                raise _Transient("deadline exceeded")
+            try:
+                async with asyncio.timeout(remaining):
+                    async with self._limit:
+                        self.calls += 1
+                        response = await self._client.request(
+                            method,
+                            url,
+                            params=params,
+                            json=json_body,
+                            data=form,
+                            headers=send_headers,
+                        )
+            except TimeoutError as exc:
+                raise _Transient("timed out") from exc
+            except httpx.TimeoutException as exc:
+                raise _Transient("timed out") from exc
+            except httpx.TransportError as exc:
+                raise _Transient("connection failed") from exc
+            return self._handle(response, may_retry=may_retry)
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            delay = min(
+                self.policy.backoff_max,
+                self.policy.backoff_base * (2 ** (state.attempt_number - 1)),
+            )
+            delay = random.uniform(delay / 2, delay)  # noqa: S311 - jitter, not crypto
+            if isinstance(exc, _Transient) and exc.response is not None:
+                hinted = retry_after_seconds(exc.response)
+                if hinted is not None:
+                    delay = min(hinted, self.policy.max_retry_after)
+            remaining = budget - (time.monotonic() - started)
+            return max(0.0, min(delay, remaining))
+
+        def should_retry(exc: BaseException) -> bool:
+            if not isinstance(exc, _Transient) or not may_retry:
+                return False
+            return budget - (time.monotonic() - started) > 0.05
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.policy.max_attempts),
+            wait=wait,
+            retry=retry_if_exception(should_retry),
+            sleep=self._sleep,
+            reraise=True,
+            before_sleep=lambda s: log.info(
+                "provider retry",
+                extra={"provider": self.provider, "path": url, "attempt": s.attempt_number,
+                       "reason": str(s.outcome.exception()) if s.outcome else ""},
+            ),
+        )  # fmt: skip
+        try:
+            return await retrying(attempt)
+        except _Transient as exc:
+            self.errors += 1
+            raise self._give_up(exc) from None
+        except ProviderError:
+            self.errors += 1
+            raise
+
+    def _handle(self, response: httpx.Response, *, may_retry: bool) -> Any:
+        status = response.status_code
+        hook = self._retry_hook(response) if self._retry_hook else None
+        if status < 300:
+            try:
+                return decode_json(response.content) if response.content else None
+            except ValueError:
+                if may_retry:
+                    raise _Transient("malformed response", response=response) from None
+                raise ProviderBadResponse(
+                    self.provider, f"{self._label()} sent a malformed response", status=status
+                ) from None
+        if hook is True or (hook is None and (status == 429 or status >= 500)):
+            raise _Transient("rate limited" if status == 429 else f"HTTP {status}", response=response)
+        message = self._error_parser(response)
+        if status in (401, 403):
+            raise ProviderAuthError(
+                self.provider, f"{self._label()} rejected our credentials", status=status
+            )
+        if status == 404:
+            raise ProviderNotFound(self.provider, message, status=status)
+        if status == 429:
+            raise ProviderRateLimited(self.provider, f"{self._label()} is rate limiting us", status=429)
+        if status >= 500:
+            raise ProviderUnavailable(self.provider, f"{self._label()} is unavailable", status=status)
+        raise ProviderRequestError(self.provider, message, status=status)
+
+    def _give_up(self, exc: _Transient) -> ProviderError:
+        status = exc.response.status_code if exc.response is not None else None
+        if status == 429:
+            return ProviderRateLimited(
+                self.provider, f"{self._label()} is rate limiting us", status=429
+            )
+        if exc.reason == "malformed response":
+            return ProviderBadResponse(
+                self.provider, f"{self._label()} sent a malformed response", status=status
+            )
+        if exc.reason in ("timed out", "deadline exceeded"):
+            return ProviderUnavailable(self.provider, f"{self._label()} timed out", status=status)
+        return ProviderUnavailable(self.provider, f"{self._label()} is unavailable", status=status)
+
+    def _label(self) -> str:
+        return {"stripe": "Stripe", "orb": "Orb", "metronome": "Metronome"}.get(
+            self.provider, self.provider
+        )

@@ -1,0 +1,56 @@
+"""The sandbox as `BillingProvider`s: the real Stripe, Orb and Metronome clients talking to the
+sandbox servers through an in-process transport, so the sandbox exercises the same parsing and
+HTTP policy as production."""
+
+from __future__ import annotations
+
+from bot.domain.ports import BillingProvider
+from integrations.http import RetryPolicy
+from integrations.metronome import MetronomeBillingProvider
+from integrations.orb import OrbBillingProvider
+from integrations.sandbox.metronome_server import MetronomeSandboxServer
+from integrations.sandbox.orb_server import OrbSandboxServer
+from integrations.sandbox.stripe_server import StripeSandboxServer
+from integrations.sandbox.wire import RouterTransport
+from integrations.sandbox.world import SandboxWorld, build_world
+from integrations.stripe import StripeBillingProvider
+
+SANDBOX_KEYS = {
+    "stripe": "sk_test_sandbox0000000000",
+    "orb": "orb_sandbox_key",
+    "metronome": "metronome_sandbox_token",
+}
+#: In-process calls cannot time out on the network; keep the policy but with short waits.
+SANDBOX_POLICY = RetryPolicy(backoff_base=0.05, backoff_max=0.2, max_retry_after=0.5, deadline=10)
+
+
+def sandbox_providers(
+    world: SandboxWorld | None = None, *, usage_days: int = 35
+) -> dict[str, BillingProvider]:
+    """Stripe, Orb and Metronome clients backed by the sandbox world."""
+    world = world or build_world()
+    return {
+        "stripe": StripeBillingProvider(
+            SANDBOX_KEYS["stripe"],
+            base_url="https://sandbox.stripe.invalid",
+            policy=SANDBOX_POLICY,
+            transport=RouterTransport(StripeSandboxServer(world, api_key=SANDBOX_KEYS["stripe"])),
+            usage_days=usage_days,
+        ),
+        "orb": OrbBillingProvider(
+            SANDBOX_KEYS["orb"],
+            base_url="https://sandbox.orb.invalid/v1",
+            policy=SANDBOX_POLICY,
+            transport=RouterTransport(OrbSandboxServer(world, api_key=SANDBOX_KEYS["orb"])),
+            usage_days=usage_days,
+        ),
+        "metronome": MetronomeBillingProvider(
+            SANDBOX_KEYS["metronome"],
+            base_url="https://sandbox.metronome.invalid",
+            policy=SANDBOX_POLICY,
+            transport=RouterTransport(
+                MetronomeSandboxServer(world, api_key=SANDBOX_KEYS["metronome"])
+            ),
+            usage_days=usage_days,
+        ),
+    }

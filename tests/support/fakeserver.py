@@ -1,0 +1,152 @@
+"""Serve a sandbox `WireRouter` over real loopback HTTP, with scripted faults.
+
+Faults: 429 with or without `Retry-After`, 5xx, slow responses, malformed JSON, hangs (timeouts),
+connection drops, and a fixed latency added to every request (for benchmarks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from aiohttp import web
+
+from integrations.sandbox.wire import WireRequest, WireResponse, WireRouter
+
+FaultKind = Literal["status", "slow", "malformed", "hang", "drop"]
+
+
+@dataclass
+class Fault:
+    """One scripted fault. `times=None` means forever; `path` is a regex matched on the path."""
+
+    kind: FaultKind
+    status: int = 500
+    body: bytes = b'{"error": "scripted fault"}'
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    path: str | None = None
+    times: int | None = 1
+
+    def matches(self, path: str) -> bool:
+        """True when this fault applies to `path`."""
+        return self.path is None or re.search(self.path, path) is not None
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A request the server received."""
+
+    method: str
+    path: str
+    query: tuple[tuple[str, str], ...]
+    headers: dict[str, str]
+    body: bytes
+
+
+class FakeProviderServer:
+    """A provider API on 127.0.0.1:<random port> answering from a router."""
+
+    def __init__(self, router: WireRouter, *, latency: float = 0.0) -> None:
+        self.router = router
+        self.latency = latency
+        self.faults: list[Fault] = []
+        self.requests: list[Seen] = []
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. `http://127.0.0.1:54321`."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def add_fault(self, fault: Fault) -> Fault:
+        """Script a fault (applied in order, before the router answers)."""
+        self.faults.append(fault)
+        return fault
+
+    def fail(self, status: int, *, retry_after: str | None = None, times: int | None = 1,
+             path: str | None = None, body: bytes | None = None,
+             headers: dict[str, str] | None = None) -> Fault:  # fmt: skip
+        """Shortcut: answer `status` (with an optional `Retry-After`)."""
+        hdrs = dict(headers or {})
+        if retry_after is not None:
+            hdrs["Retry-After"] = retry_after
+        return self.add_fault(
+            Fault("status", status=status, headers=hdrs, times=times, path=path,
+                  body=body if body is not None else b'{"error": "scripted fault"}')
+        )  # fmt: skip
+
+    def clear_faults(self) -> None:
+        """Remove every scripted fault."""
+        self.faults.clear()
+
+    async def start(self) -> None:
+        """Bind to a random loopback port and serve."""
+        app = web.Application(client_max_size=10 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._serve)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        """Stop serving."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> FakeProviderServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _take_fault(self, path: str) -> Fault | None:
+        for fault in self.faults:
+            if fault.matches(path):
+                if fault.times is not None:
+                    fault.times -= 1
+                    if fault.times <= 0:
+                        self.faults.remove(fault)
+                return fault
+        return None
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        query = tuple((k, v) for k, v in request.query.items())
+        self.requests.append(Seen(request.method, request.path, query, headers, body))
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        fault = self._take_fault(request.path)
+        if fault is not None:
+            if fault.kind == "hang":
+                await asyncio.sleep(3600)
+            if fault.kind == "drop":
+                transport = request.transport
+                if transport is not None:
+                    transport.close()
+                return web.Response(status=500)
+            if fault.kind == "slow":
+                await asyncio.sleep(fault.delay)
+            elif fault.kind == "malformed":
+                return web.Response(status=200, body=b'{"data": [ {"id": ', content_type="application/json")
+            elif fault.kind == "status":
+                return web.Response(status=fault.status, body=fault.body, headers={
+                    "Content-Type": "application/json", **fault.headers})  # fmt: skip
+        wire = WireRequest(
+            method=request.method,
+            path=request.path,
+            query=query,
+            headers=headers,
+            body=body,
+        )
+        answer: WireResponse = await self.router.handle(wire)
+        return web.Response(status=answer.status, body=answer.body, headers=dict(answer.headers))
