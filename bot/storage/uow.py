@@ -1,0 +1,223 @@
+"""The SQL unit of work and its repositories (implementations of `bot.domain.records`' ports).
+
+One `AsyncSession` per unit of work, never shared between tasks. Inserts that must be atomic
+under concurrency are single `INSERT … ON CONFLICT` statements in the dialect's own syntax.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Self
+
+from sqlalchemy import CursorResult, Insert, delete, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.domain.records import AccountLink, AuditEvent
+from bot.storage.tables import AccountLinkRow, AuditEventRow, ProcessedEvent
+
+
+def _dialect_insert(session: AsyncSession, table: Any) -> postgresql.Insert | sqlite.Insert:
+    """`INSERT` in the bound dialect's flavour, which has `on_conflict_do_*`."""
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        return postgresql.insert(table)
+    if name == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"unsupported database dialect {name!r}")
+
+
+def _rowcount(result: Any) -> int:
+    """Rows affected by a DML statement."""
+    assert isinstance(result, CursorResult)
+    return int(result.rowcount)
+
+
+class SqlProcessedEvents:
+    """`ProcessedEvents` over the `processed_events` table."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def mark_processed(self, source: str, event_id: str) -> bool:
+        """Record `(source, event_id)`; True the first time, False for a duplicate."""
+        statement: Insert = (
+            _dialect_insert(self._session, ProcessedEvent)
+            .values(source=source, event_id=event_id, received_at=datetime.now(UTC))
+            .on_conflict_do_nothing(index_elements=["source", "event_id"])
+        )
+        return _rowcount(await self._session.execute(statement)) == 1
+
+    async def prune(self, older_than: datetime) -> int:
+        """Forget IDs received before `older_than`; returns how many were removed."""
+        result = await self._session.execute(
+            delete(ProcessedEvent).where(ProcessedEvent.received_at < older_than)
+        )
+        return _rowcount(result)
+
+
+class SqlAuditLog:
+    """`AuditLog` over the `audit_events` table: append and read, nothing else."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def append(self, event: AuditEvent) -> int:
+        """Store `event` (its `id` is ignored) and return the new event's id."""
+        row = AuditEventRow(
+            at=event.at,
+            actor=event.actor,
+            action=event.action,
+            subject=event.subject,
+            detail=dict(event.detail),
+            slack_request=event.slack_request,
+        )
+        self._session.add(row)
+        await self._session.flush()
+        return row.id
+
+    async def list(self, subject: str | None = None, limit: int = 100) -> list[AuditEvent]:
+        """The latest `limit` events (about `subject` if given), oldest first."""
+        query = select(AuditEventRow).order_by(AuditEventRow.id.desc()).limit(limit)
+        if subject is not None:
+            query = query.where(AuditEventRow.subject == subject)
+        rows = (await self._session.scalars(query)).all()
+        return [
+            AuditEvent(
+                id=row.id,
+                at=row.at,
+                actor=row.actor,
+                action=row.action,
+                subject=row.subject,
+                detail=row.detail,
+                slack_request=row.slack_request,
+            )
+            for row in reversed(rows)
+        ]
+
+
+class SqlAccountLinks:
+    """`AccountLinks` over the `account_links` table."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def get(self, identifier: str) -> list[AccountLink]:
+        """The cached links for `identifier`, one per provider, ordered by provider."""
+        rows = await self._session.scalars(
+            select(AccountLinkRow)
+            .where(AccountLinkRow.identifier == identifier)
+            .order_by(AccountLinkRow.provider)
+        )
+        return [
+            AccountLink(
+                identifier=row.identifier,
+                account_id=row.account_id,
+                provider=row.provider,
+                customer_id=row.customer_id,
+                updated_at=row.updated_at,
+            )
+            for row in rows
+        ]
+
+    async def put(self, links: Sequence[AccountLink]) -> None:
+        """Insert or replace links, keyed on `(identifier, provider)`."""
+        if not links:
+            return
+        statement = _dialect_insert(self._session, AccountLinkRow).values(
+            [
+                {
+                    "identifier": link.identifier,
+                    "provider": link.provider,
+                    "customer_id": link.customer_id,
+                    "account_id": link.account_id,
+                    "updated_at": link.updated_at,
+                }
+                for link in links
+            ]
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=["identifier", "provider"],
+            set_={
+                "customer_id": statement.excluded.customer_id,
+                "account_id": statement.excluded.account_id,
+                "updated_at": statement.excluded.updated_at,
+            },
+        )
+        await self._session.execute(statement)
+
+    async def invalidate(self, identifier: str) -> None:
+        """Forget every cached link for `identifier`."""
+        await self._session.execute(
+            delete(AccountLinkRow).where(AccountLinkRow.identifier == identifier)
+        )
+
+
+class SqlUnitOfWork:
+    """`UnitOfWork` over one `AsyncSession`: rolled back on exit unless `commit()` was called."""
+
+    def __init__(self, session_factory: async_sessionmaker[AsyncSession]) -> None:
+        self._session_factory = session_factory
+        self._session: AsyncSession | None = None
+        self._events: SqlProcessedEvents | None = None
+        self._audit: SqlAuditLog | None = None
+        self._links: SqlAccountLinks | None = None
+
+    @property
+    def session(self) -> AsyncSession:
+        """The session, for repositories added later; only inside `async with`."""
+        if self._session is None:
+            raise RuntimeError("use the unit of work inside `async with`")
+        return self._session
+
+    @property
+    def events(self) -> SqlProcessedEvents:
+        """Processed event IDs."""
+        if self._events is None:
+            self._events = SqlProcessedEvents(self.session)
+        return self._events
+
+    @property
+    def audit(self) -> SqlAuditLog:
+        """The audit log."""
+        if self._audit is None:
+            self._audit = SqlAuditLog(self.session)
+        return self._audit
+
+    @property
+    def links(self) -> SqlAccountLinks:
+        """The account links cache."""
+        if self._links is None:
+            self._links = SqlAccountLinks(self.session)
+        return self._links
+
+    async def commit(self) -> None:
+        """Make everything done in this unit of work durable."""
+        await self.session.commit()
+
+    async def rollback(self) -> None:
+        """Discard everything done since the last commit."""
+        await self.session.rollback()
+
+    async def __aenter__(self) -> Self:
+        """Begin the unit of work (the transaction starts at the first statement)."""
+        if self._session is not None:
+            raise RuntimeError("a unit of work is entered once; make a new one")
+        self._session = self._session_factory()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Roll back whatever was not committed and release the connection."""
+        session = self.session
+        try:
+            await session.rollback()
+        finally:
+            await session.close()
+            self._session = self._events = self._audit = self._links = None
