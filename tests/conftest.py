@@ -12,6 +12,8 @@ pytest_plugins = [
     "tests.support.postgres",
     "tests.support.slack",
     "tests.support.app",
+    "tests.support.providers",
+    "tests.support.fake_openai",
 ]
 
 _PREFIXES = ("SLACK_", "STRIPE_", "ORB_", "METRONOME_", "OPENAI_", "FINANCE_", "ONCALL_")

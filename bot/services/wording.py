@@ -1,0 +1,287 @@
+"""Wording: the LLM puts computed billing facts into words, or the deterministic text is used.
+
+The model never decides anything: it gets a bounded fact sheet (not raw JSON), customer-controlled
+text only as quoted data, and no tools. Its reply is used only if every amount, date, ID and number
+in it is in the facts and it promises no refund or credit the facts do not already state. Any
+failure (no client, timeout, server error, bad reply, rejected reply) falls back to the
+deterministic text with a note for the engineer; the LLM being down is never an error a user sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+from bot.domain.grounding import Facts, check_grounding, check_promises
+from bot.domain.redact import quote, redact
+from bot.errors import BotError
+
+log = logging.getLogger("bot.llm")
+
+Kind = Literal["explain", "draft"]
+
+PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
+#: Reply budgets (completion tokens); the explain summary is short, the draft a few paragraphs.
+MAX_REPLY_TOKENS: dict[Kind, int] = {"explain": 400, "draft": 700}
+#: Longest reply we accept; a Slack section holds 3,000 characters.
+MAX_REPLY_CHARS = 2800
+MAX_FACT_LINE_CHARS = 400
+
+
+class LLMUnavailable(BotError):
+    """The LLM could not produce a reply; `reason` is short, fixed text safe to show and log."""
+
+    code = "llm_unavailable"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"AI wording unavailable ({reason})")
+        self.reason = reason
+
+
+class LLMClient(Protocol):
+    """Port: a chat model that turns a system and a user prompt into text. No tools."""
+
+    # ASYNC109: `timeout` is part of the port on purpose: the adapter hands it to the HTTP layer
+    # per request, and callers still bound the whole call with `asyncio.timeout`.
+    async def complete(
+        self,
+        *,
+        system: str,
+        user: str,
+        max_tokens: int,
+        timeout: float,  # noqa: ASYNC109
+    ) -> str:
+        """The model's reply text; raises `LLMUnavailable` on any failure."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Wording:
+    """Text to show, where it came from, and why the deterministic text was used (if it was)."""
+
+    text: str
+    source: Literal["llm", "deterministic"]
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """A rendered prompt pair, its estimated size, and how many fact lines were left out."""
+
+    system: str
+    user: str
+    tokens: int
+    omitted: int
+
+
+_PIECE_RE = re.compile(r"[A-Za-z]+|\d+|\s+|.", re.DOTALL)
+
+
+def token_estimate(text: str) -> int:
+    """Estimated tokens of `text` for GPT-style BPE tokenizers (cl100k/o200k), erring high.
+
+    The estimate mirrors how those tokenizers pre-split text, since no token crosses those splits:
+    digits go in groups of at most 3 (`1,234.56` is 6 tokens, so chars/4 would badly undercount
+    a number-heavy fact sheet); each punctuation mark counts 1 and each non-ASCII character 2;
+    a lowercase or Capitalised word counts one token per 4 letters, rounded up (common English
+    words are one token); other letter runs (IDs, acronyms) one per 2 letters; a single space is
+    free (it joins the next word) and any other whitespace run counts 1. A real tokenizer
+    (tiktoken) is not used: it downloads its vocabulary at run time and our machines are offline.
+    """
+    total = 0
+    for piece in _PIECE_RE.findall(text):
+        first = piece[0]
+        if first.isspace():
+            total += 0 if piece == " " else 1
+        elif first.isascii() and first.isalpha():
+            plain = piece.islower() or (piece[0].isupper() and piece[1:].islower())
+            total += math.ceil(len(piece) / (4 if plain or len(piece) == 1 else 2))
+        elif first.isdigit() and first.isascii():
+            total += math.ceil(len(piece) / 3)
+        else:
+            total += 1 if first.isascii() else 2
+    return total
+
+
+@functools.cache
+def load_prompt(name: str) -> str:
+    """The prompt template `prompts/<name>.txt` from the source checkout."""
+    if not re.fullmatch(r"[a-z_]+", name):
+        raise ValueError(f"bad prompt name: {name!r}")
+    return (PROMPTS_DIR / f"{name}.txt").read_text(encoding="utf-8").strip() + "\n"
+
+
+def _quoted_section(facts: Facts, *, limit: int, max_items: int, allowed: set[str]) -> str:
+    items = list(facts.quoted.items())
+    shown = items[:max_items]
+    lines = [f"- {name}: {quote(text, limit, allowed_emails=allowed)}" for name, text in shown]
+    if len(items) > len(shown):
+        lines.append(f"- ({len(items) - len(shown)} more quoted items omitted)")
+    return "\n".join(lines) if lines else "(none)"
+
+
+def _fit_line(line: str, allowed: set[str]) -> str:
+    clean = redact(" ".join(line.split()), allowed_emails=allowed)
+    if len(clean) > MAX_FACT_LINE_CHARS:
+        clean = clean[: MAX_FACT_LINE_CHARS - 1] + "…"
+    return f"- {clean}"
+
+
+# Progressively tighter bounds on customer text and notes, tried until the fixed part of the
+# prompt leaves room for facts: (characters per quoted item, quoted items, note characters).
+_SQUEEZE = ((200, 20, 600), (120, 10, 300), (60, 5, 160), (40, 2, 80))
+
+
+def build_prompt(
+    *, kind: Kind, facts: Facts, engineer_notes: str | None = None, max_prompt_tokens: int = 2000
+) -> Prompt | None:
+    """Render the system and user prompts within `max_prompt_tokens`, or None if impossible.
+
+    Fact lines are kept in order and the lowest-priority ones dropped to fit; the prompt then says
+    how many minor items were omitted.
+    """
+    system = load_prompt("system")
+    template = load_prompt(kind)
+    allowed = {i for i in facts.ids if "@" in i}
+    lines = [_fit_line(line, allowed) for line in facts.lines]
+
+    def render(n_lines: int, quoted: str, notes: str) -> str:
+        shown = lines[:n_lines]
+        omitted = len(lines) - n_lines
+        if omitted:
+            shown.append(f"- ({omitted} more minor items omitted)")
+        return template.format_map(
+            {"facts": "\n".join(shown) or "(none)", "quoted": quoted, "notes": notes}
+        )
+
+    system_tokens = token_estimate(system)
+    for quote_limit, max_items, note_limit in _SQUEEZE:
+        quoted = _quoted_section(facts, limit=quote_limit, max_items=max_items, allowed=allowed)
+        notes = (
+            quote(engineer_notes, note_limit, allowed_emails=allowed)
+            if engineer_notes
+            else "(none)"
+        )
+        fixed = system_tokens + token_estimate(render(0, quoted, notes))
+        if fixed > max_prompt_tokens:
+            continue
+        # Greedy by priority; each line's cost is estimated alone, then the whole is re-checked
+        # (the estimate is additive up to whitespace, so the re-check rarely drops more).
+        budget = max_prompt_tokens - fixed
+        n = 0
+        for line in lines:
+            cost = token_estimate(line) + 1
+            if cost > budget:
+                break
+            budget -= cost
+            n += 1
+        while True:
+            user = render(n, quoted, notes)
+            tokens = system_tokens + token_estimate(user)
+            if tokens <= max_prompt_tokens or n == 0:
+                break
+            n -= 1
+        if tokens <= max_prompt_tokens:
+            return Prompt(system=system, user=user, tokens=tokens, omitted=len(lines) - n)
+    return None
+
+
+def _clean_reply(text: str) -> str:
+    out = text.strip()
+    # Models sometimes wrap the whole reply in a code fence or quotes; the text inside is the reply.
+    fence = re.fullmatch(r"```[a-zA-Z]*\n?(.*?)\n?```", out, re.DOTALL)
+    if fence:
+        out = fence.group(1).strip()
+    if len(out) >= 2 and out[0] == out[-1] == '"':
+        out = out[1:-1].strip()
+    return out
+
+
+_SLACK_CONTROL_RE = re.compile(r"<[!@#]|@(?:channel|here|everyone)\b")
+
+
+def _show(mentions: tuple[str, ...]) -> str:
+    shown = [redact(m.replace("`", ""))[:40] for m in mentions[:3]]
+    if len(shown) == 1:
+        return shown[0]
+    return ", ".join(shown[:-1]) + " and " + shown[-1]
+
+
+async def word(
+    *,
+    kind: Kind,
+    facts: Facts,
+    deterministic: str,
+    llm: LLMClient | None,
+    engineer_notes: str | None = None,
+    deadline: float = 8.0,
+    max_prompt_tokens: int = 2000,
+) -> Wording:
+    """Word `facts` with the LLM if it answers in time with grounded text; else `deterministic`."""
+    if llm is None:
+        return Wording(deterministic, "deterministic", None)
+
+    def fallback(note: str, reason: str) -> Wording:
+        log.warning("llm wording not used: kind=%s reason=%s", kind, reason)
+        return Wording(deterministic, "deterministic", note)
+
+    def unavailable(reason: str) -> Wording:
+        return fallback(f"AI wording unavailable ({reason}); showing the standard text", reason)
+
+    prompt = build_prompt(
+        kind=kind, facts=facts, engineer_notes=engineer_notes, max_prompt_tokens=max_prompt_tokens
+    )
+    if prompt is None:
+        return unavailable("the facts do not fit the prompt budget")
+
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(deadline):
+            raw = await llm.complete(
+                system=prompt.system,
+                user=prompt.user,
+                max_tokens=MAX_REPLY_TOKENS[kind],
+                timeout=deadline,
+            )
+    except TimeoutError:
+        return unavailable("timed out")
+    except LLMUnavailable as exc:
+        return unavailable(exc.reason)
+    except Exception as exc:
+        # Any client failure means "use the standard text". Only the type is logged: a foreign
+        # exception's message may carry a request body or a key.
+        return unavailable(f"unexpected {type(exc).__name__}")
+    elapsed = time.monotonic() - started
+
+    text = _clean_reply(raw or "")
+    if not text:
+        return unavailable("empty reply")
+    if len(text) > MAX_REPLY_CHARS:
+        return unavailable("reply too long")
+    discarded = "AI wording discarded: it {what}; showing the standard text"
+    if _SLACK_CONTROL_RE.search(text):
+        return fallback(discarded.format(what="contained a Slack mention"), "slack mention")
+    grounding = check_grounding(text, facts)
+    if not grounding.ok:
+        are = "is" if len(grounding.problems) == 1 else "are"
+        what = f"mentioned {_show(grounding.problems)}, which {are} not in the billing facts"
+        return fallback(
+            discarded.format(what=what), f"ungrounded {len(grounding.problems)} mention(s)"
+        )
+    promise = check_promises(text, facts)
+    if promise is not None:
+        what = "promised a refund or credit that is not in the billing facts"
+        return fallback(discarded.format(what=what), "promise of money")
+
+    log.info(
+        "llm wording used: kind=%s prompt_tokens~%d omitted_lines=%d seconds=%.2f",
+        kind, prompt.tokens, prompt.omitted, elapsed,
+    )  # fmt: skip
+    return Wording(text, "llm", None)
