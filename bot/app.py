@@ -117,7 +117,7 @@ def build_app(
     llm: Any = None,
     database: Database | None = None,
     slack_client: AsyncWebClient | None = None,
-    process_before_response: bool = False,
+    process_before_response: bool = True,
     sandbox: bool | None = None,
 ) -> AsyncApp:
     """Build the Bolt app with real adapters unless a test passes fakes."""

@@ -61,7 +61,9 @@ class ConsoleFormatter(logging.Formatter):
         """Render the record."""
         base = super().format(record)
         extras = " ".join(
-            f"{k}={v}" for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")
+            f"{k}={v}"
+            for k, v in vars(record).items()
+            if k not in _STANDARD and not k.startswith("_")
         )
         text = f"{base} {extras}" if extras else base
         return scrub(text)

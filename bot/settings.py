@@ -74,7 +74,9 @@ class Settings(BaseSettings):
             return None
         return value
 
-    @field_validator("finance_channel", "oncall_channel", "openai_base_url", "sandbox", mode="before")
+    @field_validator(
+        "finance_channel", "oncall_channel", "openai_base_url", "sandbox", mode="before"
+    )
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():
@@ -128,15 +130,15 @@ class Settings(BaseSettings):
     @classmethod
     def _command(cls, value: str) -> str:
         if not COMMAND_RE.match(value):
-            raise ValueError(f"must look like /billing (a slash and up to 31 characters), got {value!r}")
+            raise ValueError(
+                f"must look like /billing (a slash and up to 31 characters), got {value!r}"
+            )
         return value
 
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str) -> str:
-        if not (
-            value.startswith("sqlite+aiosqlite://") or value.startswith("postgresql+asyncpg://")
-        ):
+        if not (value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://"))):
             if value.startswith(("postgres://", "postgresql://")):
                 raise ValueError(
                     "must use the asyncpg driver: postgresql+asyncpg://user:pass@host/db"
@@ -146,7 +148,9 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("slack_api_url", "stripe_api_base", "orb_api_base", "metronome_api_base", "openai_base_url")
+    @field_validator(
+        "slack_api_url", "stripe_api_base", "orb_api_base", "metronome_api_base", "openai_base_url"
+    )
     @classmethod
     def _url(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^https?://[^\s/]+", value):

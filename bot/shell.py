@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -84,9 +84,10 @@ class LocalSession:
             await shutdown(self.app, drain_timeout=5)
         await self.slack.stop()
 
-    def _signed(self, body: str, content_type: str) -> dict[str, str]:
+    def _signed(self, body: str, content_type: str) -> dict[str, str | Sequence[str]]:
         ts = str(int(time.time()))
         signature = SignatureVerifier(self._secret).generate_signature(timestamp=ts, body=body)
+        assert signature is not None
         return {
             "content-type": content_type,
             "x-slack-request-timestamp": ts,
@@ -135,12 +136,17 @@ class LocalSession:
         self._counter += 1
         payload = {
             "type": "block_actions",
-            "user": {"id": self.user_id, "username": self.user_id.lower(), "team_id": self.slack.team_id},
+            "user": {
+                "id": self.user_id,
+                "username": self.user_id.lower(),
+                "team_id": self.slack.team_id,
+            },
             "team": {"id": self.slack.team_id, "domain": "local"},
             "api_app_id": "A0LOCAL",
             "token": "local",
             "trigger_id": f"trigger.{self._counter}",
-            "response_url": source.get("response_url") or self.slack.response_url(f"act{self._counter}"),
+            "response_url": source.get("response_url")
+            or self.slack.response_url(f"act{self._counter}"),
             "container": source.get("container", {"type": "message", "is_ephemeral": True}),
             "channel": {"id": source.get("channel", SHELL_CHANNEL), "name": "billing-shell"},
             "actions": [
@@ -278,7 +284,11 @@ async def run_shell(settings: Settings, *, user_id: str, read: Callable[[str], s
                     write("Usage: :as U123")
                 continue
             if line.startswith(":click") or line in (":approve", ":deny"):
-                which = line.split(maxsplit=1)[1] if line.startswith(":click") and " " in line else line[1:]
+                which = (
+                    line.split(maxsplit=1)[1]
+                    if line.startswith(":click") and " " in line
+                    else line[1:]
+                )
                 outcome = await session.click(which)
             elif line.startswith(":"):
                 write(f"Unknown shell command {line}. :help for help.")

@@ -42,8 +42,11 @@ def _status_icon(status: SubscriptionStatus) -> str:
 
 
 def _current_sub(subs: tuple[Subscription, ...]) -> Subscription | None:
-    live = [s for s in subs if s.status not in (SubscriptionStatus.CANCELED, SubscriptionStatus.ENDED)]
-    return (live or list(subs) or [None])[0]
+    live = [
+        s for s in subs if s.status not in (SubscriptionStatus.CANCELED, SubscriptionStatus.ENDED)
+    ]
+    candidates = live or list(subs)
+    return candidates[0] if candidates else None
 
 
 def _period_spend(snap: ProviderSnapshot, sub: Subscription | None) -> tuple[Money | None, str]:
@@ -75,7 +78,9 @@ def _invoice_line(inv: Invoice, *, link: bool) -> str:
     label = f"`{inv.id}`"
     if link and inv.url:
         label = f"<{inv.url}|{inv.number or inv.id}>"
-    return f"{label} {fmt_date(inv.created_at)} · *{inv.total}* · {inv.status.value.replace('_', ' ')}"
+    return (
+        f"{label} {fmt_date(inv.created_at)} · *{inv.total}* · {inv.status.value.replace('_', ' ')}"
+    )
 
 
 def provider_blocks(snap: ProviderSnapshot, *, sandbox: bool) -> list[Block]:
@@ -95,8 +100,10 @@ def provider_blocks(snap: ProviderSnapshot, *, sandbox: bool) -> list[Block]:
             f"*Plan*\n{_status_icon(sub.status)} {escape(sub.plan_name or 'unnamed plan')} "
             f"({sub.status.value.replace('_', ' ')}){period}"
         )
-    else:
+    elif snap.invoices or not snap.payments:
         fields.append("*Plan*\nno subscription")
+    else:
+        fields.append("*Role*\ntakes the card payments")
     spend, how = _period_spend(snap, sub)
     if spend is not None:
         fields.append(f"*Current period*\n{spend} ({how})")
@@ -105,7 +112,8 @@ def provider_blocks(snap: ProviderSnapshot, *, sandbox: bool) -> list[Block]:
         + (f" of {b.granted}" if b.granted is not None else "")
         for b in snap.balances
     ]
-    if cust.balance is not None and not cust.balance.is_zero():
+    has_balance_entry = any(b.kind == "customer_balance" for b in snap.balances)
+    if cust.balance is not None and not cust.balance.is_zero() and not has_balance_entry:
         owed = cust.balance
         balance_lines.append(
             f"customer balance: {-owed} credit" if owed.amount < 0 else f"owes {owed}"
@@ -123,6 +131,17 @@ def provider_blocks(snap: ProviderSnapshot, *, sandbox: bool) -> list[Block]:
     if snap.invoices:
         invs = [_invoice_line(i, link=not sandbox) for i in snap.invoices[:INVOICES_SHOWN]]
         details.append("*Recent invoices*\n" + "\n".join(invs))
+    if not snap.invoices and snap.payments:
+        rows = [
+            f"`{p.id}` {fmt_date(p.created_at)} · {p.amount} · {p.status.value}"
+            + (
+                f" · refunded {p.amount_refunded}"
+                if p.amount_refunded and not p.amount_refunded.is_zero()
+                else ""
+            )
+            for p in snap.payments[:ITEMS_SHOWN]
+        ]
+        details.append("*Recent payments*\n" + "\n".join(rows))
     failed = [p for p in snap.payments if p.status is PaymentStatus.FAILED][:ITEMS_SHOWN]
     if failed:
         rows = [

@@ -7,13 +7,13 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
-
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.domain.commands import parse_command
+from bot.errors import BotError
 from handlers import views
-from handlers.dispatch import answer
-from handlers.errors import guarded
+from handlers.dispatch import answer, quick_answer
+from handlers.errors import after_ack, note
 
 if TYPE_CHECKING:
     from bot.app import Deps
@@ -33,12 +33,22 @@ def register(app: AsyncApp, deps: Deps) -> None:
         context: dict[str, Any],
         client: AsyncWebClient,
     ) -> None:
-        await ack()
-        async with guarded(deps, body=body, context=context, client=client, respond=respond):
-            deps.metrics.inc("billing_triage_commands_total")
-            text = command.get("text") or ""
+        deps.metrics.inc("billing_triage_commands_total")
+        text = command.get("text") or ""
+        try:
             cmd = parse_command(text)
+            immediate = quick_answer(cmd, deps)
+        except BotError as error:
+            # Argument errors need no I/O: they are the ack's own (ephemeral) reply.
+            reply = note(error, deps)
+            await ack(text=reply.text, blocks=reply.blocks)
+            return
+        if immediate is not None:
+            await ack(text=immediate.text, blocks=immediate.render_blocks())
+            return
+        await ack()
 
+        async def work() -> None:
             async def progress(reply: views.Reply) -> None:
                 await respond(text=reply.text, blocks=reply.blocks, response_type="ephemeral")
                 context["progress_posted"] = True
@@ -51,6 +61,8 @@ def register(app: AsyncApp, deps: Deps) -> None:
                 replace_original=bool(context.get("progress_posted")),
             )
 
+        after_ack(deps, work, body=body, context=context, client=client, respond=respond)
+
     @app.action(views.SHARE_ACTION)
     async def handle_share_action(
         ack: AsyncAck,
@@ -61,16 +73,19 @@ def register(app: AsyncApp, deps: Deps) -> None:
         client: AsyncWebClient,
     ) -> None:
         await ack()
-        async with guarded(deps, body=body, context=context, client=client, respond=respond):
+
+        async def work() -> None:
             try:
                 text = str(json.loads(action.get("value") or "{}").get("cmd", ""))
             except (ValueError, AttributeError):
                 text = ""
             cmd = parse_command(text)
-            reply = await answer(cmd, deps, command_text=text)
+            reply = quick_answer(cmd, deps) or await answer(cmd, deps, command_text=text)
             await respond(
                 text=reply.text,
                 blocks=reply.render_blocks(with_share=False),
                 response_type="in_channel",
                 replace_original=False,
             )
+
+        after_ack(deps, work, body=body, context=context, client=client, respond=respond)

@@ -26,6 +26,15 @@ if TYPE_CHECKING:
 Progress = Callable[[views.Reply], Awaitable[None]]
 
 
+def quick_answer(cmd: Command, deps: Deps) -> views.Reply | None:
+    """The reply when it needs no I/O (help, not-yet-built subcommands), else None."""
+    if isinstance(cmd, HelpCommand):
+        return views.help_reply(deps.settings.billing_command, cmd.topic)
+    if isinstance(cmd, StatusCommand):
+        return None
+    return _coming_soon(cmd)
+
+
 async def answer(
     cmd: Command, deps: Deps, *, command_text: str, progress: Progress | None = None
 ) -> views.Reply:

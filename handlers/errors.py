@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,19 @@ def reply_for(error: BaseException) -> tuple[views.Reply, str | None]:
     return views.unknown_error_reply(ref), ref
 
 
+def note(error: BaseException, deps: Deps) -> views.Reply:
+    """Record `error` (metrics, log, outcome) and return what to tell the user."""
+    deps.observer.errors.append(error)
+    reply, ref = reply_for(error)
+    if ref is not None:
+        deps.metrics.inc("billing_triage_errors_total", kind="unknown")
+        log.error("unhandled error ref=%s", ref, exc_info=error, extra={"ref": ref})
+    else:
+        deps.metrics.inc("billing_triage_errors_total", kind=getattr(error, "code", "bot"))
+        log.info("user-facing error", extra={"code": getattr(error, "code", "")})
+    return reply
+
+
 async def report(
     error: BaseException,
     *,
@@ -41,18 +54,11 @@ async def report(
     respond: AsyncRespond | None,
 ) -> None:
     """Tell the user about `error` (known: its message; unknown: a reference in the log)."""
-    deps.observer.errors.append(error)
-    reply, ref = reply_for(error)
-    if ref is not None:
-        deps.metrics.inc("billing_triage_errors_total", kind="unknown")
-        log.error("unhandled error ref=%s", ref, exc_info=error, extra={"ref": ref})
-    else:
-        deps.metrics.inc("billing_triage_errors_total", kind=getattr(error, "code", "bot"))
-        log.info("user-facing error", extra={"code": getattr(error, "code", "")})
+    reply = note(error, deps)
     try:
         await _deliver(reply, body, context, client, respond)
     except Exception:
-        log.exception("could not deliver the error message", extra={"ref": ref or ""})
+        log.exception("could not deliver the error message")
 
 
 @asynccontextmanager
@@ -64,16 +70,37 @@ async def guarded(
     client: AsyncWebClient,
     respond: AsyncRespond | None,
 ) -> AsyncIterator[None]:
-    """Run a listener's work after ack: count it as in flight and report any error.
-
-    Listeners must not let errors escape to Bolt right after `ack()`: Bolt's runner then
-    overwrites the ack with None and answers Slack 404 three seconds later.
-    """
+    """Count the body as running work and report any error it raises to the user."""
     async with deps.inflight.track():
         try:
             yield
         except Exception as error:
-            await report(error, deps=deps, body=body, context=context, client=client, respond=respond)
+            await report(
+                error, deps=deps, body=body, context=context, client=client, respond=respond
+            )
+
+
+def after_ack(
+    deps: Deps,
+    work: Callable[[], Awaitable[None]],
+    *,
+    body: dict[str, Any],
+    context: dict[str, Any],
+    client: AsyncWebClient,
+    respond: AsyncRespond | None,
+) -> None:
+    """Run a listener's slow part in the background once Slack has its ack.
+
+    The app runs with `process_before_response=True`, so Bolt answers Slack as soon as the
+    listener returns; the work goes on as a task we hold (drained on shutdown), and any
+    error in it is reported to the user like every other error.
+    """
+
+    async def run() -> None:
+        async with guarded(deps, body=body, context=context, client=client, respond=respond):
+            await work()
+
+    deps.inflight.spawn(run())
 
 
 def register(app: AsyncApp, deps: Deps) -> None:

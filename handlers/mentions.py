@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from slack_bolt.async_app import AsyncApp, AsyncSay
-
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.domain.commands import parse_mention
-from handlers.dispatch import answer
-from handlers.errors import guarded
+from handlers.dispatch import answer, quick_answer
+from handlers.errors import after_ack
 
 if TYPE_CHECKING:
     from bot.app import Deps
@@ -27,10 +26,17 @@ def register(app: AsyncApp, deps: Deps) -> None:
         context: dict[str, Any],
         client: AsyncWebClient,
     ) -> None:
-        # Events are acked by Bolt before this runs.
-        async with guarded(deps, body=body, context=context, client=client, respond=None):
-            deps.metrics.inc("billing_triage_mentions_total")
+        # Bolt acks events itself once this returns; the answer is worked out after.
+        deps.metrics.inc("billing_triage_mentions_total")
+
+        async def work() -> None:
             thread = event.get("thread_ts") or event.get("ts")
             cmd = parse_mention(event.get("text") or "", bot_user_id=context.get("bot_user_id"))
-            reply = await answer(cmd, deps, command_text=event.get("text") or "")
-            await say(text=reply.text, blocks=reply.render_blocks(with_share=False), thread_ts=thread)
+            reply = quick_answer(cmd, deps) or await answer(
+                cmd, deps, command_text=event.get("text") or ""
+            )
+            await say(
+                text=reply.text, blocks=reply.render_blocks(with_share=False), thread_ts=thread
+            )
+
+        after_ack(deps, work, body=body, context=context, client=client, respond=None)

@@ -21,14 +21,16 @@ def register(app: AsyncApp, deps: Deps) -> None:
 
     @app.middleware
     async def inject_deps(
-        context: dict[str, Any], next: Callable[[], Awaitable[None]]  # noqa: A002 - Bolt's name
+        context: dict[str, Any],
+        next: Callable[[], Awaitable[None]],
     ) -> None:
         context["deps"] = deps
         await next()
 
     @app.middleware
     async def dedupe_events(
-        body: dict[str, Any], next: Callable[[], Awaitable[None]]  # noqa: A002 - Bolt's name
+        body: dict[str, Any],
+        next: Callable[[], Awaitable[None]],
     ) -> BoltResponse | None:
         if body.get("type") != "event_callback" or not body.get("event_id"):
             await next()

@@ -132,7 +132,8 @@ def help_reply(command: str, topic: str | None = None) -> Reply:
         section("*Examples*\n" + "\n".join(examples)),
         context(account_kinds),
     ]
-    text = f"Billing Triage: {c} ACCOUNT | status | explain | draft | refund | credit | alerts | history"
+    subs = "status | explain | draft | refund | credit | alerts | history"
+    text = f"Billing Triage: {c} ACCOUNT | {subs}"
     return Reply(text=text, blocks=blocks)
 
 

@@ -68,7 +68,8 @@ class HttpServer:
         await site.start()
         server = site._server
         if self.port == 0 and server is not None:
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            sockets = getattr(server, "sockets", None) or []
+            self.port = int(sockets[0].getsockname()[1])
         log.info("serving", extra={"host": self.host, "port": self.port})
 
     async def stop(self) -> None:
@@ -104,10 +105,10 @@ async def socket_forever(app: AsyncApp, app_token: str) -> None:
 
     await startup(app)
     handler = AsyncSocketModeHandler(app, app_token)
-    await handler.connect_async()
+    await handler.connect_async()  # type: ignore[no-untyped-call]
     log.info("connected to Slack in Socket Mode")
     try:
         await _wait_for_signal()
     finally:
-        await handler.close_async()
+        await handler.close_async()  # type: ignore[no-untyped-call]
         await shutdown(app)

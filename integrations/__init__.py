@@ -1,1 +1,1 @@
-"""The outside world: billing provider clients, the sandbox, the LLM client, the shared HTTP policy."""
+"""The outside world: billing provider clients, the sandbox, the LLM client, the HTTP policy."""

@@ -95,7 +95,7 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
 
 
 def default_error_message(response: httpx.Response) -> str:
-    """A short message from a JSON error body (`message`, `detail`, `error.message`), else the status."""
+    """A short message from a JSON error body (`message`, `detail`, …), else the status."""
     try:
         body = response.json()
     except ValueError:
@@ -166,8 +166,10 @@ class ProviderHttp:
         True for GET and for requests with an `idempotency_key`; POST reads (Metronome) pass True.
         Raises a `ProviderError` subclass when the request fails for good.
         """
-        may_retry = idempotent if idempotent is not None else (
-            method.upper() == "GET" or idempotency_key is not None
+        may_retry = (
+            idempotent
+            if idempotent is not None
+            else (method.upper() == "GET" or idempotency_key is not None)
         )
         send_headers = dict(headers or {})
         if idempotency_key is not None:
@@ -253,7 +255,9 @@ class ProviderHttp:
                     self.provider, f"{self._label()} sent a malformed response", status=status
                 ) from None
         if hook is True or (hook is None and (status == 429 or status >= 500)):
-            raise _Transient("rate limited" if status == 429 else f"HTTP {status}", response=response)
+            raise _Transient(
+                "rate limited" if status == 429 else f"HTTP {status}", response=response
+            )
         message = self._error_parser(response)
         if status in (401, 403):
             raise ProviderAuthError(
@@ -262,9 +266,13 @@ class ProviderHttp:
         if status == 404:
             raise ProviderNotFound(self.provider, message, status=status)
         if status == 429:
-            raise ProviderRateLimited(self.provider, f"{self._label()} is rate limiting us", status=429)
+            raise ProviderRateLimited(
+                self.provider, f"{self._label()} is rate limiting us", status=429
+            )
         if status >= 500:
-            raise ProviderUnavailable(self.provider, f"{self._label()} is unavailable", status=status)
+            raise ProviderUnavailable(
+                self.provider, f"{self._label()} is unavailable", status=status
+            )
         raise ProviderRequestError(self.provider, message, status=status)
 
     def _give_up(self, exc: _Transient) -> ProviderError:

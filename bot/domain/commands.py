@@ -61,7 +61,7 @@ class DraftCommand:
 
 @dataclass(frozen=True, slots=True)
 class RefundCommand:
-    """`/billing refund ACCOUNT AMOUNT [PAYMENT_ID] REASON…`; missing parts are None (a modal asks)."""
+    """`/billing refund ACCOUNT AMOUNT [PAYMENT_ID] REASON…`; missing parts are None."""
 
     account: AccountIdentifier
     amount: Decimal | None = None
@@ -191,8 +191,7 @@ def parse_command(text: str) -> Command:
             return StatusCommand(classify_account(tokens[0]))
         except InvalidIdentifier:
             raise UsageError(
-                f"`{tokens[0]}` is neither a subcommand nor an account. "
-                "Try `/billing help`."
+                f"`{tokens[0]}` is neither a subcommand nor an account. Try `/billing help`."
             ) from None
     raise UsageError(
         f"Unknown subcommand `{tokens[0]}`. Subcommands: {', '.join(SUBCOMMANDS)}. "
@@ -221,7 +220,8 @@ def _parse_refund(rest: list[str]) -> RefundCommand:
 # --- mentions ---------------------------------------------------------------------------
 
 _EXPLAIN_WORDS = re.compile(
-    r"\b(why|explain|higher|increase[ds]?|more|jump(ed)?|spike[ds]?|went up|charged|twice|double)\b",
+    r"\b(why|explain|higher|increase[ds]?|more|jump(ed)?|spike[ds]?|went up|charged|twice"
+    r"|double)\b",
     re.IGNORECASE,
 )
 _DRAFT_WORDS = re.compile(r"\b(draft|reply|respond|response|write)\b", re.IGNORECASE)

@@ -33,8 +33,12 @@ class AccountIdentifier:
         return self.kinds[0]
 
 
-EMAIL_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$")
-UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+EMAIL_RE = re.compile(
+    r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$"
+)
+UUID_RE = re.compile(
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
 STRIPE_CUSTOMER_RE = re.compile(r"^cus_[A-Za-z0-9]{1,250}$")
 # Our account IDs and Orb customer IDs are opaque; allow what IDs are made of, nothing else.
 OPAQUE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
@@ -48,7 +52,10 @@ def classify_account(text: str) -> AccountIdentifier:
     """
     value = text.strip()
     if not value:
-        raise InvalidIdentifier("Give an account: an email, a `cus_…` ID, an account ID, or an Orb or Metronome customer ID.")
+        raise InvalidIdentifier(
+            "Give an account: an email, a `cus_…` ID, an account ID, "
+            "or an Orb or Metronome customer ID."
+        )
     if len(value) > MAX_IDENTIFIER:
         raise InvalidIdentifier("That account identifier is too long to be an email or an ID.")
     if "@" in value:

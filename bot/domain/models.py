@@ -94,7 +94,7 @@ class LineKind(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class InvoiceLine:
-    """One line of an invoice. `amount` is the line's pre-tax amount before invoice-level discounts."""
+    """One invoice line; `amount` is pre-tax and before invoice-level discounts."""
 
     id: str
     description: str

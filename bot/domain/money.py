@@ -148,10 +148,14 @@ def parse_amount_value(text: str) -> Decimal:
             cleaned = cleaned[: -len(code)]
             break
     if cleaned.startswith(("-", "−", "$-", "-$")):
-        raise InvalidAmount(f"`{raw}` is negative; give a positive amount like `25` or `$1,250.50`.")
+        raise InvalidAmount(
+            f"`{raw}` is negative; give a positive amount like `25` or `$1,250.50`."
+        )
     match = _AMOUNT_RE.match(cleaned)
     if not match:
-        raise InvalidAmount(f"`{raw}` is not an amount; write it like `25`, `25.00` or `$1,250.50`.")
+        raise InvalidAmount(
+            f"`{raw}` is not an amount; write it like `25`, `25.00` or `$1,250.50`."
+        )
     value = Decimal(match.group("num").replace(",", ""))
     if -int(value.as_tuple().exponent) > 3:
         raise InvalidAmount(f"`{raw}` has too many decimals.")

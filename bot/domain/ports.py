@@ -9,7 +9,7 @@ from bot.domain.models import CustomerRecord, ProviderName, ProviderSnapshot
 
 
 class BillingProvider(Protocol):
-    """Read access to one billing provider (Stripe, Orb, Metronome, or the sandbox's version of one)."""
+    """Read access to one billing provider (Stripe, Orb, Metronome, or a sandbox one)."""
 
     name: ProviderName
 

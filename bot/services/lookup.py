@@ -124,7 +124,10 @@ class LookupService:
         return dict(zip(names, results, strict=True))
 
     async def resolve(
-        self, ident: AccountIdentifier, *, timeout: float | None = None  # noqa: ASYNC109
+        self,
+        ident: AccountIdentifier,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
     ) -> Resolution:
         """Find the account behind `ident`. Raises `AccountNotFound` / `AmbiguousAccount`; a
         resolution every provider failed raises the first provider error."""
@@ -138,9 +141,13 @@ class LookupService:
         errors: list[BaseException] = []
         for kind in ident.kinds:
             names = [n for n in self.providers if n not in failures]
-            results = await self._each(
-                names, lambda p, k=kind: p.find_customers(k, ident.value), budget
-            )
+
+            def find(
+                p: BillingProvider, k: IdentifierKind = kind
+            ) -> Awaitable[list[CustomerRecord]]:
+                return p.find_customers(k, ident.value)
+
+            results = await self._each(names, find, budget)
             for name, result in results.items():
                 if isinstance(result, BaseException):
                     failures[name] = failure_reason(result)
@@ -294,7 +301,9 @@ def _ambiguous_message(ident: AccountIdentifier, found: Mapping[str, list[Custom
     for recs in found.values():
         for r in recs:
             label = r.account_id or r.customer_id
-            options.append(f"`{label}` ({_label(r.provider)} {r.customer_id}, {r.name or 'no name'})")
+            options.append(
+                f"`{label}` ({_label(r.provider)} {r.customer_id}, {r.name or 'no name'})"
+            )
     shown = "; ".join(options[:6])
     return (
         f"`{ident.value}` matches several accounts: {shown}. "

@@ -53,7 +53,9 @@ async def test_shell_switches_user_and_survives_bad_lines() -> None:
     """The interactive shell runs commands, `:as` switches the user, unknown `:x` is explained."""
     lines = iter(["help", ":as U0FINANCE", ":as nobody", ":bogus", "", ":click 1", ":quit"])
     out: list[str] = []
-    code = await run_shell(_settings(), user_id="U0SUPPORT", read=lambda _p: next(lines), write=out.append)
+    code = await run_shell(
+        _settings(), user_id="U0SUPPORT", read=lambda _p: next(lines), write=out.append
+    )
     text = "\n".join(out)
     assert code == 0
     assert "You are U0SUPPORT" in text

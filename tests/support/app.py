@@ -45,7 +45,9 @@ class RunningApp:
         """POST raw bytes to /slack/events."""
         return await self.http.post("/slack/events", content=body.encode(), headers=dict(headers))
 
-    async def command(self, text: str, *, user_id: str = "U0SUPPORT", key: str = "cmd") -> httpx.Response:
+    async def command(
+        self, text: str, *, user_id: str = "U0SUPPORT", key: str = "cmd"
+    ) -> httpx.Response:
         """Send a signed `/billing TEXT` with a response_url on the local Slack."""
         body = slash_command_body(
             text,
@@ -68,6 +70,23 @@ class RunningApp:
     async def settle(self, timeout: float = 20.0) -> None:  # noqa: ASYNC109
         """Wait until the listeners' background work is done."""
         assert await self.deps.inflight.wait_idle(timeout), "listener work did not finish"
+
+    async def answer(
+        self, text: str, *, user_id: str = "U0SUPPORT", key: str = "cmd"
+    ) -> dict[str, Any]:
+        """Run `/billing TEXT` and return what the user finally sees: the ack's own reply
+        when the answer needed no I/O, else the last post to the response_url."""
+        response = await self.command(text, user_id=user_id, key=key)
+        assert response.status_code == 200, response.text
+        await self.settle(30)
+        if response.content:
+            ack = response.json()
+            assert not self.responses(key), "answered twice"
+            return dict(ack)
+        replies = self.responses(key)
+        assert replies, "no answer was posted"
+        assert all(c.ok for c in self.slack.responses_to(key)), "Slack refused a reply"
+        return replies[-1]
 
     def responses(self, key: str = "cmd") -> list[dict[str, Any]]:
         """What was posted to a response_url, in order."""

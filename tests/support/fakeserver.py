@@ -137,7 +137,9 @@ class FakeProviderServer:
             if fault.kind == "slow":
                 await asyncio.sleep(fault.delay)
             elif fault.kind == "malformed":
-                return web.Response(status=200, body=b'{"data": [ {"id": ', content_type="application/json")
+                return web.Response(
+                    status=200, body=b'{"data": [ {"id": ', content_type="application/json"
+                )
             elif fault.kind == "status":
                 return web.Response(status=fault.status, body=fault.body, headers={
                     "Content-Type": "application/json", **fault.headers})  # fmt: skip

@@ -120,7 +120,9 @@ def test_missing_refund_parts_are_left_for_a_modal() -> None:
         ("💸", UsageError, "neither a subcommand nor an account"),
     ],
 )
-def test_argument_errors_say_what_was_wrong(text: str, error: type[Exception], fragment: str) -> None:
+def test_argument_errors_say_what_was_wrong(
+    text: str, error: type[Exception], fragment: str
+) -> None:
     """Bad arguments for each subcommand raise the right error with a fixable message."""
     with pytest.raises(error) as info:
         parse_command(text)
