@@ -84,10 +84,19 @@ def mrkdwn_to_text(text: str, *, color: bool = False) -> str:
         parts.append(_unescape(_token_text(match.group(1))))
         last = match.end()
     parts.append(_unescape(text[last:]))
-    out = "".join(parts)
+    out = _EMOJI_RE.sub(lambda m: EMOJI.get(m.group(1), m.group(0)), "".join(parts))
     if color:
         out = _BOLD_RE.sub(lambda m: f"{_BOLD}{m.group(1)}{_RESET}", out)
     return out
+
+
+#: The shortcodes the bot uses, shown as characters a terminal can print.
+EMOJI = {
+    "warning": "⚠", "x": "✗", "construction": "🚧", "hourglass_flowing_sand": "⏳",
+    "large_green_circle": "●", "large_blue_circle": "●", "red_circle": "●", "white_circle": "○",
+    "rotating_light": "🚨", "white_check_mark": "✓", "robot_face": "🤖", "memo": "📝",
+}  # fmt: skip
+_EMOJI_RE = re.compile(r":([a-z0-9_+\-]+):")
 
 
 def _text_of(obj: Any, *, color: bool = False) -> str:

@@ -1,0 +1,1538 @@
+"""Stripe's API (version `2026-10-28.endive`) served from the sandbox world in Stripe's wire format.
+
+What it implements is what `integrations.stripe` and the refund flow read: customers (retrieve, list
+by email, search), subscriptions, invoices (embedded `lines` truncated to 10 and paged through
+`/v1/invoices/{id}/lines`; `payments` only when expanded), invoice payments, charges (`refunds` only
+when expanded), refunds, disputes, prices, billing meters and their event summaries, and
+`POST /v1/invoices/create_preview`. Behaviour follows Stripe's: Bearer (or Basic) auth with the
+key masked in the 401 message, `Stripe-Version` and `Request-Id` headers, `list` and `search_result`
+envelopes, `limit` 1–100 with `starting_after`/`ending_before`, bracketed parameters raw or
+percent-encoded, `parameter_unknown` for parameters Stripe would not accept, and
+`{"error": {type, code, message, param}}` bodies.
+
+Every POST goes through one idempotency store (same key and body: the first answer is replayed;
+same key, other body: 400 `idempotency_error`), so writes such as `POST /v1/refunds` only need a
+route. An account's objects are deep-copied from the world when a request first concerns it (the
+world generates accounts lazily, so the server does too), and writes may change them in place.
+"""
+
+from __future__ import annotations
+
+import base64
+import calendar
+import copy
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from typing import Any, Protocol
+
+from integrations.sandbox.wire import WireRequest, WireResponse
+
+JSON = dict[str, Any]
+log = logging.getLogger("integrations.sandbox.stripe")
+
+DEFAULT_API_VERSION = "2026-10-28.endive"
+MAX_EMBEDDED = 10  # Stripe embeds the first 10 items of a nested list (`invoice.lines`, …)
+_VERSION_RE = re.compile(r"^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$")
+_KEY_RE = re.compile(r"^(sk|rk)_(test|live)_[A-Za-z0-9]{4,}$")
+
+
+# --- the world, as far as this server needs it --------------------------------------------------
+
+
+class _Account(Protocol):
+    @property
+    def account_id(self) -> str: ...
+
+
+class StripeDataLike(Protocol):
+    """One account's Stripe objects (the sandbox world's `StripeData`)."""
+
+    @property
+    def customer(self) -> Mapping[str, Any]: ...
+    @property
+    def subscriptions(self) -> Sequence[Mapping[str, Any]]: ...
+    @property
+    def invoices(self) -> Sequence[Mapping[str, Any]]: ...
+    @property
+    def invoice_payments(self) -> Sequence[Mapping[str, Any]]: ...
+    @property
+    def charges(self) -> Sequence[Mapping[str, Any]]: ...
+    @property
+    def payment_intents(self) -> Sequence[Mapping[str, Any]]: ...
+    @property
+    def refunds(self) -> Sequence[Mapping[str, Any]]: ...
+    @property
+    def disputes(self) -> Sequence[Mapping[str, Any]]: ...
+    @property
+    def meter_event_summaries(self) -> Mapping[str, Sequence[Mapping[str, Any]]]: ...
+    @property
+    def meters(self) -> Any: ...  # a list of meters, or a mapping of meter ID to meter
+
+
+class StripeWorldLike(Protocol):
+    """What the server reads from the sandbox world."""
+
+    @property
+    def accounts(self) -> Sequence[_Account]: ...
+
+    def stripe(self, account_id: str) -> StripeDataLike | None:
+        """The account's Stripe objects, or None when it has none."""
+        ...
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+class StripeApiError(Exception):
+    """An error answer in Stripe's format."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type_: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_
+        self.code = code
+        self.param = param
+
+    def body(self, request_id: str) -> JSON:
+        """The `{"error": {...}}` body."""
+        err: JSON = {"type": self.type, "message": self.message}
+        if self.code:
+            err["code"] = self.code
+            err["doc_url"] = f"https://stripe.com/docs/error-codes/{self.code.replace('_', '-')}"
+        if self.param:
+            err["param"] = self.param
+        err["request_log_url"] = f"https://dashboard.stripe.com/test/logs/{request_id}"
+        return {"error": err}
+
+
+def _missing(kind: str, object_id: str, param: str = "id") -> StripeApiError:
+    return StripeApiError(
+        404, f"No such {kind}: '{object_id}'", code="resource_missing", param=param
+    )
+
+
+def _invalid(message: str, param: str | None = None, code: str | None = None) -> StripeApiError:
+    return StripeApiError(400, message, code=code or "parameter_invalid", param=param)
+
+
+def mask_key(key: str) -> str:
+    """Mask a key the way Stripe does in errors: prefix, asterisks, last four characters."""
+    match = re.match(r"^((?:sk|rk|pk)_(?:test|live)_)", key)
+    prefix = match.group(1) if match else key[:3]
+    tail = key[-4:] if len(key) > len(prefix) + 4 else ""
+    return prefix + "*" * max(4, len(key) - len(prefix) - len(tail)) + tail
+
+
+# --- parameters ---------------------------------------------------------------------------------
+
+
+def decode_params(pairs: Iterable[tuple[str, str]]) -> JSON:
+    """Nest Stripe's bracketed form/query keys: `created[gte]=1` → `{"created": {"gte": "1"}}`,
+    `expand[]=a` and `expand[0]=a` → lists. Brackets arrive decoded (raw or percent-encoded)."""
+    root: JSON = {}
+    appends: dict[int, int] = {}
+    for key, value in pairs:
+        head, _, rest = key.partition("[")
+        parts = [head] + (re.findall(r"([^\[\]]*)\]", "[" + rest) if rest else [])
+        node = root
+        for i, part in enumerate(parts):
+            if part == "":
+                n = appends.get(id(node), 0)
+                appends[id(node)] = n + 1
+                part = f"\x00{n}"
+            last = i == len(parts) - 1
+            if last:
+                node[part] = value
+            else:
+                child = node.get(part)
+                if not isinstance(child, dict):
+                    child = {}
+                    node[part] = child
+                node = child
+    nested = _lists(root)
+    assert isinstance(nested, dict)
+    return nested
+
+
+def _lists(node: Any) -> Any:
+    if not isinstance(node, dict):
+        return node
+    converted = {k: _lists(v) for k, v in node.items()}
+    keys = list(converted)
+    if keys and all(k.startswith("\x00") or k.isdigit() for k in keys):
+        order = sorted(keys, key=lambda k: int(k.lstrip("\x00")))
+        return [converted[k] for k in order]
+    return converted
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return value
+    if isinstance(value, dict):
+        return list(value.values())
+    return [value]
+
+
+def _int(params: JSON, name: str) -> int | None:
+    raw = params.get(name)
+    if raw is None:
+        return None
+    try:
+        return int(str(raw))
+    except ValueError:
+        raise _invalid(f"Invalid integer: {raw}", name, "parameter_invalid_integer") from None
+
+
+def _range_match(value: int | None, spec: Any, name: str) -> bool:
+    """Stripe's range filters: `created=123` or `created[gte]=…&created[lt]=…`."""
+    if spec is None:
+        return True
+    if value is None:
+        return False
+    if not isinstance(spec, dict):
+        return value == _int({name: spec}, name)
+    ops = {"gt": value.__gt__, "gte": value.__ge__, "lt": value.__lt__, "lte": value.__le__}
+    for op, bound in spec.items():
+        if op not in ops:
+            raise StripeApiError(
+                400, f"Received unknown parameter: {name}[{op}]", code="parameter_unknown",
+                param=f"{name}[{op}]",
+            )  # fmt: skip
+        limit = _int({op: bound}, op)
+        assert limit is not None
+        if not ops[op](limit):
+            return False
+    return True
+
+
+def _check_params(params: JSON, allowed: frozenset[str]) -> None:
+    for name in params:
+        if name not in allowed:
+            raise StripeApiError(
+                400, f"Received unknown parameter: {name}", code="parameter_unknown", param=name
+            )
+
+
+LIST_PARAMS = frozenset({"limit", "starting_after", "ending_before", "expand"})
+
+
+# --- object completion: every key Stripe sends for the object type ----------------------------
+
+_ADDRESS = {"city": None, "country": None, "line1": None, "line2": None, "postal_code": None,
+            "state": None}  # fmt: skip
+
+_TEMPLATES: dict[str, JSON] = {
+    "customer": {
+        "address": None, "balance": 0, "business_name": None, "created": 0, "currency": None,
+        "customer_account": None, "default_source": None, "delinquent": False, "description": None,
+        "discount": None, "email": None, "individual_name": None, "invoice_prefix": None,
+        "invoice_settings": {"custom_fields": None, "default_payment_method": None, "footer": None,
+                             "rendering_options": None},
+        "livemode": False, "metadata": {}, "name": None, "next_invoice_sequence": 1, "phone": None,
+        "preferred_locales": [], "shipping": None, "tax_exempt": "none", "test_clock": None,
+    },
+    "subscription": {
+        "application": None, "application_fee_percent": None,
+        "automatic_tax": {"disabled_reason": None, "enabled": False, "liability": None},
+        "billing_cycle_anchor": 0, "billing_cycle_anchor_config": None,
+        "billing_mode": {"type": "classic"}, "billing_schedules": [], "billing_thresholds": None,
+        "cancel_at": None, "cancel_at_period_end": False, "canceled_at": None,
+        "cancellation_details": {"comment": None, "feedback": None, "reason": None},
+        "collection_method": "charge_automatically", "created": 0, "currency": "usd",
+        "customer_account": None, "days_until_due": None, "default_payment_method": None,
+        "default_source": None, "default_tax_rates": [], "description": None, "discounts": [],
+        "ended_at": None,
+        "invoice_settings": {"account_tax_ids": None, "issuer": {"type": "self"}},
+        "latest_invoice": None, "livemode": False, "managed_payments": None, "metadata": {},
+        "next_pending_invoice_item_invoice": None, "on_behalf_of": None, "pause_collection": None,
+        "payment_settings": {"payment_method_options": None, "payment_method_types": None,
+                             "save_default_payment_method": "off"},
+        "pending_invoice_item_interval": None, "pending_setup_intent": None,
+        "pending_update": None, "presentment_details": None, "schedule": None, "start_date": 0,
+        "status": "active", "status_details": None, "test_clock": None, "transfer_data": None,
+        "trial_end": None, "trial_settings": {"end_behavior": {
+            "missing_payment_method": "create_invoice"}}, "trial_start": None,
+    },
+    "subscription_item": {
+        "billed_until": None, "billing_thresholds": None, "created": 0, "current_trial": None,
+        "discounts": [], "metadata": {}, "quantity": 1, "tax_rates": [],
+    },
+    "price": {
+        "active": True, "billing_scheme": "per_unit", "created": 0, "currency": "usd",
+        "custom_unit_amount": None, "livemode": False, "lookup_key": None, "metadata": {},
+        "nickname": None, "recurring": None, "tax_behavior": "unspecified", "tiers_mode": None,
+        "transform_quantity": None, "type": "recurring", "unit_amount": None,
+        "unit_amount_decimal": None,
+    },
+    "product": {
+        "active": True, "created": 0, "default_price": None, "description": None, "images": [],
+        "livemode": False, "marketing_features": [], "metadata": {}, "package_dimensions": None,
+        "shippable": None, "statement_descriptor": None, "tax_code": None, "type": "service",
+        "unit_label": None, "updated": 0, "url": None,
+    },
+    "invoice": {
+        "account_country": "US", "account_name": None, "account_tax_ids": None, "amount_due": 0,
+        "amount_overpaid": 0, "amount_paid": 0, "amount_paid_off_stripe": 0, "amount_remaining": 0,
+        "amount_shipping": 0, "application": None, "attempt_count": 0, "attempted": False,
+        "auto_advance": False,
+        "automatic_tax": {"disabled_reason": None, "enabled": False, "liability": None,
+                          "provider": None, "status": None},
+        "automatically_finalizes_at": None, "billing_reason": "manual",
+        "collection_method": "charge_automatically", "confirmation_secret": None, "created": 0,
+        "currency": "usd", "custom_fields": None, "customer_account": None,
+        "customer_address": None, "customer_email": None, "customer_name": None,
+        "customer_phone": None, "customer_shipping": None, "customer_tax_exempt": "none",
+        "customer_tax_ids": [], "default_payment_method": None, "default_source": None,
+        "default_tax_rates": [], "description": None, "discounts": [], "due_date": None,
+        "effective_at": None, "ending_balance": None, "footer": None, "from_invoice": None,
+        "hosted_invoice_url": None, "invoice_pdf": None, "issuer": {"type": "self"},
+        "last_finalization_error": None, "latest_revision": None, "livemode": False,
+        "metadata": {}, "next_payment_attempt": None, "number": None, "on_behalf_of": None,
+        "parent": None,
+        "payment_settings": {"default_mandate": None, "payment_method_options": None,
+                             "payment_method_types": None},
+        "period_end": 0, "period_start": 0, "post_payment_credit_notes_amount": 0,
+        "pre_payment_credit_notes_amount": 0, "receipt_number": None,
+        "rendering": None, "shipping_cost": None, "shipping_details": None,
+        "starting_balance": 0, "statement_descriptor": None, "status": "draft",
+        "status_details": None,
+        "status_transitions": {"finalized_at": None, "marked_uncollectible_at": None,
+                               "paid_at": None, "voided_at": None},
+        "subtotal": 0, "subtotal_excluding_tax": 0, "test_clock": None, "threshold_reason": None,
+        "total": 0, "total_discount_amounts": [], "total_excluding_tax": 0,
+        "total_pretax_credit_amounts": [], "total_taxes": [], "webhooks_delivered_at": None,
+    },
+    "line_item": {
+        "description": None, "discount_amounts": [], "discountable": True, "discounts": [],
+        "livemode": False, "metadata": {}, "parent": None, "pretax_credit_amounts": [],
+        "pricing": None, "quantity": None, "quantity_decimal": None, "subscription": None,
+        "taxes": [],
+    },
+    "invoice_payment": {
+        "amount_paid": None, "is_default": True, "livemode": False,
+        "status_transitions": {"canceled_at": None, "paid_at": None},
+    },
+    "charge": {
+        "amount_captured": 0, "amount_refunded": 0, "application": None, "application_fee": None,
+        "application_fee_amount": None, "authorization_code": None, "balance_transaction": None,
+        "billing_details": {"address": dict(_ADDRESS), "email": None, "name": None,
+                            "phone": None, "tax_id": None},
+        "calculated_statement_descriptor": None, "captured": True, "customer": None,
+        "description": None, "disputed": False, "failure_balance_transaction": None,
+        "failure_code": None, "failure_message": None, "fraud_details": {}, "livemode": False,
+        "metadata": {}, "on_behalf_of": None, "outcome": None, "paid": True,
+        "payment_intent": None, "payment_method": None, "payment_method_details": None,
+        "presentment_details": None, "radar_options": None, "receipt_email": None,
+        "receipt_number": None, "receipt_url": None, "refunded": False, "review": None,
+        "shipping": None, "source_transfer": None, "statement_descriptor": None,
+        "statement_descriptor_suffix": None, "transfer_data": None, "transfer_group": None,
+    },
+    "refund": {
+        "balance_transaction": None, "charge": None, "customer": None, "customer_account": None,
+        "description": None, "destination_details": None, "failure_balance_transaction": None,
+        "failure_reason": None, "instructions_email": None, "metadata": {}, "next_action": None,
+        "payment_intent": None, "payment_method": None, "pending_reason": None,
+        "presentment_details": None, "reason": None, "receipt_number": None,
+        "source_transfer_reversal": None, "status": "succeeded", "transfer_reversal": None,
+    },
+    "dispute": {
+        "balance_transactions": [], "enhanced_eligibility_types": [],
+        "evidence": {"enhanced_evidence": {}},
+        "evidence_details": {"due_by": None, "enhanced_eligibility": {}, "has_evidence": False,
+                             "past_due": False, "submission_count": 0,
+                             "submission_method": "not_submitted"},
+        "intended_submission_method": None, "is_charge_refundable": False, "livemode": False,
+        "metadata": {}, "network_reason_code": None, "payment_intent": None,
+        "payment_method_details": None,
+    },
+    "billing.meter": {
+        "created": 0, "customer_mapping": {"event_payload_key": "stripe_customer_id",
+                                           "type": "by_id"},
+        "default_aggregation": {"formula": "sum"}, "event_time_window": None, "livemode": False,
+        "status": "active", "status_transitions": {"deactivated_at": None}, "updated": 0,
+        "value_settings": {"event_payload_key": "value"},
+    },
+    "billing.meter_event_summary": {"livemode": False},
+}  # fmt: skip
+
+
+def complete(kind: str, obj: Mapping[str, Any]) -> JSON:
+    """`obj` with every key Stripe sends for an object of type `kind` (missing ones defaulted)."""
+    template = _TEMPLATES.get(kind, {})
+    out: JSON = {**copy.deepcopy(template), **obj}
+    out["object"] = kind
+    # Nested objects: Stripe sends their full key sets too.
+    if kind == "invoice_payment":
+        transitions = out.get("status_transitions")
+        out["status_transitions"] = {
+            **copy.deepcopy(_TEMPLATES["invoice_payment"]["status_transitions"]),
+            **(transitions or {}),
+        }
+    if kind == "dispute":
+        out["evidence_details"] = {
+            **copy.deepcopy(_TEMPLATES["dispute"]["evidence_details"]),
+            **(out.get("evidence_details") or {}),
+        }
+        out["evidence"] = {"enhanced_evidence": {}, **(out.get("evidence") or {})}
+    return out
+
+
+def plan_from_price(price: Mapping[str, Any]) -> JSON:
+    """The legacy `plan` Stripe still mirrors from a recurring price on subscription items."""
+    recurring = price.get("recurring") or {}
+    product = price.get("product")
+    return {
+        "id": price.get("id"), "object": "plan", "active": price.get("active", True),
+        "amount": price.get("unit_amount"), "amount_decimal": price.get("unit_amount_decimal"),
+        "billing_scheme": price.get("billing_scheme", "per_unit"),
+        "created": price.get("created", 0), "currency": price.get("currency", "usd"),
+        "interval": recurring.get("interval", "month"),
+        "interval_count": recurring.get("interval_count", 1),
+        "livemode": price.get("livemode", False), "metadata": price.get("metadata") or {},
+        "meter": recurring.get("meter"), "nickname": price.get("nickname"),
+        "product": product.get("id") if isinstance(product, Mapping) else product,
+        "tiers_mode": price.get("tiers_mode"), "transform_usage": None,
+        "trial_period_days": recurring.get("trial_period_days"),
+        "usage_type": recurring.get("usage_type", "licensed"),
+    }  # fmt: skip
+
+
+# --- search -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SearchClause:
+    """One `field:value` clause of Stripe's search query language."""
+
+    field: str  # "email", "name", "metadata", "created", …
+    key: str | None  # the metadata key
+    op: str  # ":", "~", ">", ">=", "<", "<="
+    value: str
+    negate: bool = False
+
+
+_CLAUSE_RE = re.compile(
+    r"""\s*(?P<neg>-)?(?P<field>[a-z_]+)(?:\[(?P<kq>['"])(?P<key>(?:\\.|(?!(?P=kq)).)*)(?P=kq)\])?"""
+    r"""(?P<op>>=|<=|:|~|>|<)"""
+    r"""(?:(?P<q>['"])(?P<value>(?:\\.|(?!(?P=q)).)*)(?P=q)|(?P<bare>[0-9]+|null))\s*"""
+)
+
+
+def parse_search(query: str) -> tuple[list[SearchClause], str]:
+    """Parse a search query into clauses and the combinator ("AND" or "OR").
+
+    Raises `StripeApiError` (400, param `query`) for what Stripe would reject.
+    """
+    clauses: list[SearchClause] = []
+    joins: set[str] = set()
+    pos = 0
+    text = query.strip()
+    if not text:
+        raise _invalid("Search query is empty.", "query")
+    while True:
+        match = _CLAUSE_RE.match(text, pos)
+        if not match:
+            raise _invalid(
+                f"We were unable to parse your search query. Try using the format "
+                f"`metadata['key']:'value'` or `email:'value'`. Near: {text[pos : pos + 20]!r}",
+                "query",
+            )
+        value = match.group("value")
+        value = match.group("bare") if value is None else re.sub(r"\\(.)", r"\1", value)
+        key = match.group("key")
+        clauses.append(
+            SearchClause(
+                field=match.group("field"),
+                key=re.sub(r"\\(.)", r"\1", key) if key is not None else None,
+                op=match.group("op"),
+                value=value,
+                negate=match.group("neg") is not None,
+            )
+        )
+        pos = match.end()
+        if pos >= len(text):
+            break
+        join = re.match(r"(AND|OR)\s+", text[pos:])
+        if not join:
+            raise _invalid(f"Expected AND or OR near {text[pos : pos + 20]!r}.", "query")
+        joins.add(join.group(1))
+        pos += join.end()
+    if len(joins) > 1:
+        raise _invalid("Search queries cannot combine AND and OR.", "query")
+    if len(clauses) > 10:
+        raise _invalid("Search queries can have at most 10 clauses.", "query")
+    return clauses, (joins.pop() if joins else "AND")
+
+
+_CUSTOMER_SEARCH_FIELDS = frozenset({"created", "email", "metadata", "name", "phone"})
+
+
+def _customer_matches(customer: Mapping[str, Any], clause: SearchClause) -> bool:
+    if clause.field == "metadata":
+        if clause.key is None or clause.op not in (":", "~"):
+            raise _invalid("metadata clauses look like metadata['key']:'value'.", "query")
+        actual = (customer.get("metadata") or {}).get(clause.key)
+        hit = actual is not None and (
+            actual == clause.value if clause.op == ":" else clause.value in actual
+        )
+    elif clause.field == "created":
+        created = int(customer.get("created") or 0)
+        try:
+            bound = int(clause.value)
+        except ValueError:
+            raise _invalid("created must be compared with a Unix timestamp.", "query") from None
+        hit = {":": created == bound, ">": created > bound, ">=": created >= bound,
+               "<": created < bound, "<=": created <= bound}[clause.op]  # fmt: skip
+    else:
+        raw = customer.get(clause.field)
+        if clause.value == "null":
+            hit = raw is None
+        elif raw is None:
+            hit = False
+        elif clause.op == ":":
+            # String equality in Stripe search is case-insensitive.
+            hit = str(raw).lower() == clause.value.lower()
+        elif clause.op == "~":
+            if len(clause.value) < 3:
+                raise _invalid("Substring matches need at least 3 characters.", "query")
+            hit = clause.value.lower() in str(raw).lower()
+        else:
+            raise _invalid(f"{clause.field} does not support {clause.op}.", "query")
+    return hit != clause.negate
+
+
+# --- the server ---------------------------------------------------------------------------------
+
+Handler = Callable[[WireRequest, JSON, "re.Match[str]"], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    method: str
+    pattern: re.Pattern[str]
+    handler: Handler
+    allowed: frozenset[str]
+
+
+@dataclass(slots=True)
+class _Stored:
+    fingerprint: str
+    response: WireResponse
+
+
+def _ts(dt: datetime) -> int:
+    return int(dt.timestamp())
+
+
+def _sort_newest(items: Iterable[JSON]) -> list[JSON]:
+    return sorted(items, key=lambda o: -int(o.get("created") or 0))
+
+
+class StripeSandboxServer:
+    """A `WireRouter` answering Stripe's API from the sandbox world.
+
+    `api_key`: the one key accepted (any well-formed `sk_`/`rk_` key when None).
+    """
+
+    def __init__(self, world: StripeWorldLike, *, api_key: str | None = None) -> None:
+        self._api_key = api_key
+        self._request_seq = 0
+        self._idempotency: dict[str, _Stored] = {}
+        self.customers: dict[str, JSON] = {}
+        self.subscriptions: dict[str, JSON] = {}
+        self.invoices: dict[str, JSON] = {}
+        self.lines: dict[str, list[JSON]] = {}  # invoice ID -> every line
+        self.invoice_payments: dict[str, JSON] = {}
+        self.charges: dict[str, JSON] = {}
+        self.payment_intents: dict[str, JSON] = {}
+        self.refunds: dict[str, JSON] = {}
+        self.disputes: dict[str, JSON] = {}
+        self.prices: dict[str, JSON] = {}
+        self.products: dict[str, JSON] = {}
+        self.meters: dict[str, JSON] = {}
+        self.summaries: dict[tuple[str, str], list[JSON]] = {}  # (meter, customer) -> daily
+        self._world = world
+        self._loaded: set[str] = set()
+        self._all_loaded = False
+        catalog = getattr(world, "stripe_catalog", None)
+        if callable(catalog):
+            self._load_catalog(catalog())
+        self._routes = self._build_routes()
+
+    # -- loading ---------------------------------------------------------------------------------
+    # The world generates an account's objects on first access, so the server indexes only the
+    # accounts a request concerns: an object ID names its owner (`world.owner_of`), an email or
+    # our account ID names accounts through the world's index. Lists without such a filter load
+    # every account. A world without `owner_of` is loaded whole on first use.
+
+    def _load_account(self, account_id: str) -> None:
+        if account_id in self._loaded:
+            return
+        self._loaded.add(account_id)
+        data = self._world.stripe(account_id)
+        if data is not None:
+            self._load(data)
+
+    def _load_all(self) -> None:
+        if not self._all_loaded:
+            for account in self._world.accounts:
+                self._load_account(account.account_id)
+            self._all_loaded = True
+
+    def _load_until(self, found: Callable[[], bool]) -> None:
+        """Load accounts in order until `found()`: catalogue objects (prices, meters) belong to
+        no account, so the first accounts that use one reveal it. The answer does not depend on
+        what earlier requests loaded."""
+        for account in self._world.accounts:
+            if found():
+                return
+            self._load_account(account.account_id)
+        self._all_loaded = True
+
+    def _load_for(self, object_id: Any) -> None:
+        """Index the account owning `object_id` (any Stripe ID the world made)."""
+        if object_id is None or self._all_loaded:
+            return
+        owner_of = getattr(self._world, "owner_of", None)
+        if not callable(owner_of):
+            self._load_all()
+            return
+        owner = owner_of(str(object_id))
+        if owner is not None:
+            self._load_account(str(owner))
+
+    def _load_for_email(self, email: str) -> None:
+        accounts = self._world.accounts
+        if not all(isinstance(getattr(a, "email", None), str) for a in accounts):
+            self._load_all()
+            return
+        for account in accounts:
+            if str(getattr(account, "email", "")).lower() == email.lower():
+                self._load_account(account.account_id)
+
+    def _load_for_search(self, clauses: Sequence[SearchClause]) -> None:
+        find = getattr(self._world, "account", None)
+        for clause in clauses:
+            if clause.field == "email" and clause.op == ":" and not clause.negate:
+                self._load_for_email(clause.value)
+            elif (
+                clause.field == "metadata" and clause.key == "account_id" and clause.op == ":"
+                and not clause.negate and callable(find)
+            ):  # fmt: skip
+                if find(clause.value) is not None:
+                    self._load_account(clause.value)
+            else:
+                self._load_all()
+                return
+
+    def _load_catalog(self, objects: Iterable[Mapping[str, Any]]) -> None:
+        """Shared catalogue objects (prices, products, meters) a world may offer."""
+        for obj in objects:
+            kind = obj.get("object")
+            if kind == "price":
+                self._learn_price(obj)
+            elif kind == "product":
+                self.products[str(obj["id"])] = copy.deepcopy(dict(obj))
+            elif kind == "billing.meter":
+                self.meters[str(obj["id"])] = copy.deepcopy(dict(obj))
+
+    def _load(self, data: StripeDataLike) -> None:
+        customer = copy.deepcopy(dict(data.customer))
+        cid = str(customer["id"])
+        self.customers[cid] = customer
+        for sub in data.subscriptions:
+            sub_copy = copy.deepcopy(dict(sub))
+            self.subscriptions[str(sub_copy["id"])] = sub_copy
+            for item in (sub_copy.get("items") or {}).get("data", []):
+                self._learn_price(item.get("price"))
+        for inv in data.invoices:
+            inv_copy = copy.deepcopy(dict(inv))
+            iid = str(inv_copy["id"])
+            lines = inv_copy.pop("lines", None) or {}
+            self.lines[iid] = list(lines.get("data", []) if isinstance(lines, Mapping) else lines)
+            inv_copy.pop("payments", None)  # served from invoice_payments when expanded
+            self.invoices[iid] = inv_copy
+        for kind, source, target in (
+            ("invoice_payment", data.invoice_payments, self.invoice_payments),
+            ("charge", data.charges, self.charges),
+            ("payment_intent", data.payment_intents, self.payment_intents),
+            ("refund", data.refunds, self.refunds),
+            ("dispute", data.disputes, self.disputes),
+        ):
+            for obj in source:
+                obj_copy = copy.deepcopy(dict(obj))
+                if kind == "charge":
+                    obj_copy.pop("refunds", None)  # includable: served only when expanded
+                target[str(obj_copy["id"])] = obj_copy
+        meters = data.meters
+        for meter in meters.values() if isinstance(meters, Mapping) else meters or []:
+            self.meters[str(meter["id"])] = copy.deepcopy(dict(meter))
+        for meter_id, rows in (data.meter_event_summaries or {}).items():
+            bucket = self.summaries.setdefault((meter_id, cid), [])
+            bucket.extend(copy.deepcopy(dict(r)) for r in rows)
+        # Optional extras a world may carry: a price and product catalogue.
+        for price in _as_list(getattr(data, "prices", None)):
+            self._learn_price(price)
+        for product in _as_list(getattr(data, "products", None)):
+            if isinstance(product, Mapping):
+                self.products[str(product["id"])] = copy.deepcopy(dict(product))
+
+    def _learn_price(self, price: Any) -> None:
+        if not isinstance(price, Mapping) or "id" not in price:
+            return
+        price_copy = copy.deepcopy(dict(price))
+        product = price_copy.get("product")
+        if isinstance(product, Mapping):
+            self.products[str(product["id"])] = dict(product)
+            price_copy["product"] = product["id"]
+        self.prices[str(price_copy["id"])] = price_copy
+
+    # -- dispatch --------------------------------------------------------------------------------
+
+    def _build_routes(self) -> list[_Route]:
+        def route(method: str, path: str, handler: Handler, *allowed: str) -> _Route:
+            pattern = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", path) + "$")
+            return _Route(method, pattern, handler, frozenset(allowed))
+
+        lp = tuple(LIST_PARAMS)
+        return [
+            route("GET", "/v1/customers/search", self._search_customers,
+                  "query", "limit", "page", "expand"),
+            route("GET", "/v1/customers/{id}", self._get_customer, "expand"),
+            route("GET", "/v1/customers", self._list_customers,
+                  *lp, "email", "created", "test_clock"),
+            route("GET", "/v1/subscriptions/{id}", self._get_subscription, "expand"),
+            route("GET", "/v1/subscriptions", self._list_subscriptions,
+                  *lp, "customer", "status", "price", "created", "collection_method",
+                  "current_period_start", "current_period_end", "test_clock", "automatic_tax"),
+            route("POST", "/v1/invoices/create_preview", self._create_preview,
+                  "customer", "subscription", "expand", "preview_mode"),
+            route("GET", "/v1/invoices/{id}/lines", self._list_lines, *lp),
+            route("GET", "/v1/invoices/{id}", self._get_invoice, "expand"),
+            route("GET", "/v1/invoices", self._list_invoices,
+                  *lp, "customer", "status", "subscription", "created", "due_date",
+                  "collection_method"),
+            route("GET", "/v1/invoice_payments/{id}", self._get_invoice_payment, "expand"),
+            route("GET", "/v1/invoice_payments", self._list_invoice_payments,
+                  *lp, "invoice", "payment", "status", "created"),
+            route("GET", "/v1/charges/{id}", self._get_charge, "expand"),
+            route("GET", "/v1/charges", self._list_charges,
+                  *lp, "customer", "created", "payment_intent", "transfer_group"),
+            route("GET", "/v1/refunds/{id}", self._get_refund, "expand"),
+            route("GET", "/v1/refunds", self._list_refunds,
+                  *lp, "charge", "payment_intent", "created"),
+            route("GET", "/v1/disputes/{id}", self._get_dispute, "expand"),
+            route("GET", "/v1/disputes", self._list_disputes,
+                  *lp, "charge", "payment_intent", "created"),
+            route("GET", "/v1/prices/{id}", self._get_price, "expand"),
+            route("GET", "/v1/billing/meters/{id}/event_summaries", self._list_summaries,
+                  *lp, "customer", "start_time", "end_time", "value_grouping_window"),
+            route("GET", "/v1/billing/meters/{id}", self._get_meter, "expand"),
+            route("GET", "/v1/billing/meters", self._list_meters, *lp, "status"),
+        ]  # fmt: skip
+
+    async def handle(self, request: WireRequest) -> WireResponse:
+        """Answer one request the way Stripe would."""
+        self._request_seq += 1
+        request_id = "req_" + hashlib.sha256(str(self._request_seq).encode()).hexdigest()[:14]
+        version = request.headers.get("stripe-version") or DEFAULT_API_VERSION
+        headers = {"request-id": request_id, "stripe-version": version}
+        idem_key = request.headers.get("idempotency-key")
+        if idem_key and request.method == "POST":
+            headers["idempotency-key"] = idem_key
+        try:
+            self._authenticate(request)
+            if not _VERSION_RE.match(version):
+                raise _invalid(f"Invalid Stripe API version: {version}", code="api_version_invalid")
+            route, match = self._route(request)
+            if request.method == "POST":
+                params = decode_params(request.form())
+            else:
+                params = decode_params(request.query)
+            _check_params(params, route.allowed)
+            if request.method == "POST" and idem_key:
+                return await self._idempotent(request, idem_key, route, params, match, headers)
+            body = await route.handler(request, params, match)
+            return WireResponse.of_json(body, headers=headers)
+        except StripeApiError as err:
+            return WireResponse.of_json(err.body(request_id), status=err.status, headers=headers)
+        except Exception:
+            # A bug in the sandbox answers like a Stripe outage, not a dropped connection.
+            log.exception("stripe sandbox failed", extra={"path": request.path})
+            outage = StripeApiError(500, "An unknown error occurred", type_="api_error")
+            return WireResponse.of_json(outage.body(request_id), status=500, headers=headers)
+
+    def _authenticate(self, request: WireRequest) -> None:
+        auth = request.headers.get("authorization", "")
+        key = ""
+        if auth.lower().startswith("bearer "):
+            key = auth[7:].strip()
+        elif auth.lower().startswith("basic "):
+            try:
+                key = base64.b64decode(auth[6:].strip()).decode().split(":", 1)[0]
+            except ValueError:
+                key = ""
+        if not key:
+            raise StripeApiError(
+                401,
+                "You did not provide an API key. You need to provide your API key in the "
+                "Authorization header, using Bearer auth (e.g. 'Authorization: Bearer "
+                "YOUR_SECRET_KEY'). See https://stripe.com/docs/api#authentication for details, "
+                "or we can help at https://support.stripe.com/.",
+            )
+        valid = key == self._api_key if self._api_key is not None else bool(_KEY_RE.match(key))
+        if not valid:
+            raise StripeApiError(401, f"Invalid API Key provided: {mask_key(key)}")
+
+    def _route(self, request: WireRequest) -> tuple[_Route, re.Match[str]]:
+        for candidate in self._routes:
+            if candidate.method != request.method:
+                continue
+            match = candidate.pattern.match(request.path)
+            if match:
+                return candidate, match
+        raise StripeApiError(
+            404,
+            f"Unrecognized request URL ({request.method}: {request.path}). Please see "
+            "https://stripe.com/docs or we can help at https://support.stripe.com/.",
+        )
+
+    async def _idempotent(
+        self,
+        request: WireRequest,
+        key: str,
+        route: _Route,
+        params: JSON,
+        match: re.Match[str],
+        headers: dict[str, str],
+    ) -> WireResponse:
+        if len(key) > 255:
+            raise _invalid("Idempotency keys are limited to 255 characters.", "idempotency_key")
+        fingerprint = hashlib.sha256(
+            f"{request.method} {request.path} ".encode()
+            + json.dumps(params, sort_keys=True).encode()
+        ).hexdigest()
+        stored = self._idempotency.get(key)
+        if stored is not None:
+            if stored.fingerprint != fingerprint:
+                raise StripeApiError(
+                    400,
+                    "Keys for idempotent requests can only be used with the same parameters they "
+                    f"were first used with. Try using a key other than '{key}' if you meant to "
+                    "execute a different request.",
+                    type_="idempotency_error",
+                )
+            return WireResponse(
+                status=stored.response.status,
+                body=stored.response.body,
+                headers={**stored.response.headers, **headers, "idempotent-replayed": "true"},
+            )
+        try:
+            body = await route.handler(request, params, match)
+            response = WireResponse.of_json(body, headers=headers)
+        except StripeApiError as err:
+            if err.status < 500:
+                raise  # validation failures are not stored: a retry with the key is safe
+            response = WireResponse.of_json(
+                err.body(headers["request-id"]), status=err.status, headers=headers
+            )
+        self._idempotency[key] = _Stored(fingerprint, response)
+        return response
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _page(self, items: list[JSON], params: JSON, url: str) -> JSON:
+        """One page of a `list` envelope, with `limit`, `starting_after` and `ending_before`."""
+        limit = _int(params, "limit")
+        if limit is None:
+            limit = 10
+        if not 1 <= limit <= 100:
+            raise _invalid(
+                "This value must be greater than or equal to 1 and less than or equal to 100.",
+                "limit", "parameter_invalid_integer",
+            )  # fmt: skip
+        after, before = params.get("starting_after"), params.get("ending_before")
+        if after and before:
+            raise _invalid(
+                "You may only specify one of these parameters: ending_before, starting_after."
+            )
+        ids = [str(o.get("id")) for o in items]
+        if after:
+            if after not in ids:
+                raise _missing("object", str(after), "starting_after")
+            start = ids.index(after) + 1
+            page, has_more = items[start : start + limit], start + limit < len(items)
+        elif before:
+            if before not in ids:
+                raise _missing("object", str(before), "ending_before")
+            end = ids.index(before)
+            start = max(0, end - limit)
+            page, has_more = items[start:end], start > 0
+        else:
+            page, has_more = items[:limit], len(items) > limit
+        return {"object": "list", "data": page, "has_more": has_more, "url": url}
+
+    @staticmethod
+    def _embedded(items: list[JSON], url: str) -> JSON:
+        return {
+            "object": "list",
+            "data": items[:MAX_EMBEDDED],
+            "has_more": len(items) > MAX_EMBEDDED,
+            "url": url,
+        }
+
+    @staticmethod
+    def _expand(params: JSON, allowed: Iterable[str]) -> set[str]:
+        wanted = {str(e) for e in _as_list(params.get("expand"))}
+        for path in wanted - set(allowed):
+            raise _invalid(f"This property cannot be expanded ({path}).", "expand")
+        return wanted
+
+    def _customer_id(self, params: JSON, *, required: bool = False) -> str | None:
+        cid = params.get("customer")
+        if cid is None:
+            if required:
+                raise _invalid("Missing required param: customer.", "customer", "parameter_missing")
+            return None
+        return str(cid)
+
+    def _load_scope(self, object_id: Any) -> None:
+        """Index what a list filtered by `object_id` needs (everything when unfiltered)."""
+        if object_id is None:
+            self._load_all()
+        else:
+            self._load_for(object_id)
+
+    # -- customers -------------------------------------------------------------------------------
+
+    def _customer_out(self, customer: JSON) -> JSON:
+        if customer.get("deleted"):
+            return {"id": customer["id"], "object": "customer", "deleted": True}
+        return complete("customer", customer)
+
+    def _live_customers(self) -> list[JSON]:
+        return _sort_newest(c for c in self.customers.values() if not c.get("deleted"))
+
+    async def _get_customer(self, _r: WireRequest, params: JSON, m: re.Match[str]) -> JSON:
+        self._expand(params, ())
+        self._load_for(m["id"])
+        customer = self.customers.get(m["id"])
+        if customer is None:
+            raise _missing("customer", m["id"])
+        return self._customer_out(customer)
+
+    async def _list_customers(self, _r: WireRequest, params: JSON, _m: re.Match[str]) -> JSON:
+        self._expand(params, ())
+        email = params.get("email")
+        if email is not None:
+            if len(str(email)) > 512:
+                raise _invalid("email is too long.", "email")
+            self._load_for_email(str(email))
+        else:
+            self._load_all()
+        items = self._live_customers()
+        if email is not None:
+            items = [c for c in items if c.get("email") == email]  # exact and case-sensitive
+        items = [c for c in items if _range_match(c.get("created"), params.get("created"),
+                                                  "created")]  # fmt: skip
+        page = self._page(items, params, "/v1/customers")
+        page["data"] = [self._customer_out(c) for c in page["data"]]
+        return page
+
+    async def _search_customers(self, _r: WireRequest, params: JSON, _m: re.Match[str]) -> JSON:
+        self._expand(params, ("total_count",))
+        query = params.get("query")
+        if not query:
+            raise _invalid("Missing required param: query.", "query", "parameter_missing")
+        clauses, join = parse_search(str(query))
+        for clause in clauses:
+            if clause.field not in _CUSTOMER_SEARCH_FIELDS:
+                raise _invalid(f"Field '{clause.field}' is not supported for customer search.",
+                               "query")  # fmt: skip
+        if join == "AND":
+            # One indexable clause narrows an AND query; the others only filter.
+            indexable = [
+                c
+                for c in clauses
+                if not c.negate
+                and c.op == ":"
+                and (c.field == "email" or (c.field == "metadata" and c.key == "account_id"))
+            ]
+            self._load_for_search(indexable[:1] or clauses)
+        else:
+            self._load_for_search(clauses)
+        combine = all if join == "AND" else any
+        hits = [c for c in self._live_customers()
+                if combine(_customer_matches(c, cl) for cl in clauses)]  # fmt: skip
+        limit = _int(params, "limit") or 10
+        if not 1 <= limit <= 100:
+            raise _invalid("limit must be between 1 and 100.", "limit", "parameter_invalid_integer")
+        offset = 0
+        if params.get("page"):
+            try:
+                offset = int(base64.urlsafe_b64decode(str(params["page"]).encode()).decode())
+            except (ValueError, UnicodeDecodeError):
+                raise _invalid("Invalid page token.", "page") from None
+        page = hits[offset : offset + limit]
+        has_more = offset + limit < len(hits)
+        next_page = (
+            base64.urlsafe_b64encode(str(offset + limit).encode()).decode() if has_more else None
+        )
+        out: JSON = {
+            "object": "search_result",
+            "data": [self._customer_out(c) for c in page],
+            "has_more": has_more,
+            "next_page": next_page,
+            "url": "/v1/customers/search",
+        }
+        if "total_count" in _as_list(params.get("expand")):
+            out["total_count"] = len(hits)
+        return out
+
+    # -- subscriptions ---------------------------------------------------------------------------
+
+    _SUB_EXPAND = ("data.items.data.price.product", "data.latest_invoice")
+
+    def _subscription_out(self, sub: JSON, expand: set[str], prefix: str = "data.") -> JSON:
+        out = complete("subscription", sub)
+        items = []
+        for item in (sub.get("items") or {}).get("data", []):
+            item_out = complete("subscription_item", {**item, "subscription": sub["id"]})
+            price = item_out.get("price")
+            if isinstance(price, str):
+                price = self.prices.get(price, {"id": price})
+            price_out = complete("price", price or {})
+            if f"{prefix}items.data.price.product" in expand:
+                price_out["product"] = self._product_out(price_out)
+            elif isinstance(price_out.get("product"), Mapping):
+                price_out["product"] = price_out["product"]["id"]
+            item_out["price"] = price_out
+            item_out.setdefault("plan", plan_from_price(price_out))
+            items.append(item_out)
+        out["items"] = {
+            "object": "list",
+            "data": items,
+            "has_more": False,
+            "url": f"/v1/subscription_items?subscription={sub['id']}",
+        }
+        latest = out.get("latest_invoice")
+        if f"{prefix}latest_invoice" in expand and isinstance(latest, str):
+            invoice = self.invoices.get(latest)
+            if invoice is not None:
+                out["latest_invoice"] = self._invoice_out(invoice, set(), "")
+        return out
+
+    async def _get_subscription(self, _r: WireRequest, params: JSON, m: re.Match[str]) -> JSON:
+        expand = self._expand(params, ("items.data.price.product", "latest_invoice"))
+        self._load_for(m["id"])
+        sub = self.subscriptions.get(m["id"])
+        if sub is None:
+            raise _missing("subscription", m["id"])
+        return self._subscription_out(sub, expand, "")
+
+    async def _list_subscriptions(self, _r: WireRequest, params: JSON, _m: re.Match[str]) -> JSON:
+        expand = self._expand(params, self._SUB_EXPAND)
+        cid = self._customer_id(params)
+        self._load_scope(cid)
+        status = str(params.get("status") or "")
+        valid = {"active", "past_due", "unpaid", "canceled", "incomplete", "incomplete_expired",
+                 "trialing", "paused", "all", "ended", ""}  # fmt: skip
+        if status not in valid:
+            raise _invalid(f"Invalid status: must be one of {', '.join(sorted(valid - {''}))}",
+                           "status")  # fmt: skip
+        items = []
+        for sub in _sort_newest(self.subscriptions.values()):
+            if cid is not None and sub.get("customer") != cid:
+                continue
+            st = sub.get("status")
+            if status == "" and st in ("canceled", "incomplete_expired"):
+                continue  # by default Stripe lists subscriptions that are not canceled
+            if status == "ended" and st not in ("canceled", "incomplete_expired"):
+                continue
+            if status not in ("", "all", "ended") and st != status:
+                continue
+            if params.get("price") and not any(
+                _ref_id(i.get("price")) == params["price"]
+                for i in (sub.get("items") or {}).get("data", [])
+            ):
+                continue
+            if not _range_match(sub.get("created"), params.get("created"), "created"):
+                continue
+            items.append(sub)
+        page = self._page(items, params, "/v1/subscriptions")
+        page["data"] = [self._subscription_out(s, expand) for s in page["data"]]
+        return page
+
+    # -- invoices --------------------------------------------------------------------------------
+
+    def _line_out(self, line: JSON, invoice_id: str) -> JSON:
+        return complete("line_item", {"invoice": invoice_id, **line})
+
+    def _invoice_out(self, invoice: JSON, expand: set[str], prefix: str = "data.") -> JSON:
+        iid = str(invoice["id"])
+        out = complete("invoice", invoice)
+        lines = [self._line_out(line, iid) for line in self.lines.get(iid, [])]
+        out["lines"] = self._embedded(lines, f"/v1/invoices/{iid}/lines")
+        if f"{prefix}payments" in expand:
+            payments = [complete("invoice_payment", p) for p in self._payments_of(iid)]
+            out["payments"] = self._embedded(payments, f"/v1/invoice_payments?invoice={iid}")
+        return out
+
+    def _payments_of(self, invoice_id: str) -> list[JSON]:
+        return _sort_newest(
+            p for p in self.invoice_payments.values() if p.get("invoice") == invoice_id
+        )
+
+    async def _get_invoice(self, _r: WireRequest, params: JSON, m: re.Match[str]) -> JSON:
+        expand = self._expand(params, ("payments",))
+        self._load_for(m["id"])
+        invoice = self.invoices.get(m["id"])
+        if invoice is None:
+            raise _missing("invoice", m["id"])
+        return self._invoice_out(invoice, expand, "")
+
+    async def _list_invoices(self, _r: WireRequest, params: JSON, _m: re.Match[str]) -> JSON:
+        expand = self._expand(params, ("data.payments",))
+        cid = self._customer_id(params)
+        self._load_scope(cid or params.get("subscription"))
+        status = params.get("status")
+        if status is not None and status not in ("draft", "open", "paid", "uncollectible", "void"):
+            raise _invalid("Invalid status.", "status")
+        items = []
+        for inv in _sort_newest(self.invoices.values()):
+            if cid is not None and inv.get("customer") != cid:
+                continue
+            if status is not None and inv.get("status") != status:
+                continue
+            if params.get("subscription") is not None:
+                parent = inv.get("parent") or {}
+                sub = (parent.get("subscription_details") or {}).get("subscription")
+                if sub != params["subscription"]:
+                    continue
+            if params.get("collection_method") and (
+                inv.get("collection_method") != params["collection_method"]
+            ):
+                continue
+            if not _range_match(inv.get("created"), params.get("created"), "created"):
+                continue
+            if not _range_match(inv.get("due_date"), params.get("due_date"), "due_date"):
+                continue
+            items.append(inv)
+        page = self._page(items, params, "/v1/invoices")
+        page["data"] = [self._invoice_out(i, expand) for i in page["data"]]
+        return page
+
+    async def _list_lines(self, _r: WireRequest, params: JSON, m: re.Match[str]) -> JSON:
+        self._expand(params, ())
+        iid = m["id"]
+        self._load_for(iid)
+        if iid not in self.invoices:
+            raise _missing("invoice", iid)
+        lines = [self._line_out(line, iid) for line in self.lines.get(iid, [])]
+        return self._page(lines, params, f"/v1/invoices/{iid}/lines")
+
+    async def _get_invoice_payment(self, _r: WireRequest, params: JSON, m: re.Match[str]) -> JSON:
+        self._expand(params, ())
+        self._load_for(m["id"])
+        payment = self.invoice_payments.get(m["id"])
+        if payment is None:
+            raise _missing("invoice_payment", m["id"])
+        return complete("invoice_payment", payment)
+
+    async def _list_invoice_payments(
+        self, _r: WireRequest, params: JSON, _m: re.Match[str]
+    ) -> JSON:
+        self._expand(params, ())
+        ref = params.get("payment")
+        self._load_scope(
+            params.get("invoice") or (ref.get("payment_intent") if isinstance(ref, dict) else None)
+        )
+        items = _sort_newest(self.invoice_payments.values())
+        if params.get("invoice") is not None:
+            items = [p for p in items if p.get("invoice") == params["invoice"]]
+        if params.get("status") is not None:
+            items = [p for p in items if p.get("status") == params["status"]]
+        payment = params.get("payment")
+        if isinstance(payment, dict):
+            kind = payment.get("type")
+            if kind not in ("payment_intent", "payment_record"):
+                raise _invalid("payment[type] must be payment_intent or payment_record.",
+                               "payment[type]")  # fmt: skip
+            wanted = payment.get(str(kind))
+            items = [p for p in items if (p.get("payment") or {}).get(str(kind)) == wanted]
+        items = [p for p in items if _range_match(p.get("created"), params.get("created"),
+                                                  "created")]  # fmt: skip
+        page = self._page(items, params, "/v1/invoice_payments")
+        page["data"] = [complete("invoice_payment", p) for p in page["data"]]
+        return page
+
+    async def _create_preview(self, _r: WireRequest, params: JSON, _m: re.Match[str]) -> JSON:
+        self._expand(params, ())
+        cid = self._customer_id(params)
+        sub_id = params.get("subscription")
+        if cid is None and sub_id is None:
+            raise _invalid("Missing required param: customer.", "customer", "parameter_missing")
+        self._load_for(cid)
+        self._load_for(sub_id)
+        sub: JSON | None = None
+        if sub_id is not None:
+            sub = self.subscriptions.get(str(sub_id))
+            if sub is None:
+                raise _missing("subscription", str(sub_id), "subscription")
+            if cid is not None and sub.get("customer") != cid:
+                raise _invalid("The subscription does not belong to this customer.",
+                               "subscription")  # fmt: skip
+            cid = str(sub["customer"])
+        assert cid is not None
+        customer = self.customers.get(cid)
+        if customer is None or customer.get("deleted"):
+            raise _missing("customer", cid, "customer")
+        if sub is None or sub.get("status") in ("canceled", "incomplete_expired"):
+            raise StripeApiError(
+                400, f"No upcoming invoices for customer: {cid}", code="invoice_upcoming_none"
+            )
+        return self._preview(customer, sub)
+
+    def _preview(self, customer: JSON, sub: JSON) -> JSON:
+        """The next invoice of `sub`: licensed items for the next period (in advance) and
+        metered usage so far in the current period (in arrears)."""
+        currency = str(sub.get("currency") or customer.get("currency") or "usd")
+        lines: list[JSON] = []
+        period_start = period_end = 0
+        for item in (sub.get("items") or {}).get("data", []):
+            price = item.get("price")
+            if isinstance(price, str):
+                price = self.prices.get(price, {"id": price})
+            price = price or {}
+            recurring = price.get("recurring") or {}
+            start, end = (
+                int(item.get("current_period_start", 0)),
+                int(item.get("current_period_end", 0)),
+            )
+            period_start, period_end = start, end
+            if recurring.get("usage_type") == "metered":
+                meter = recurring.get("meter")
+                quantity = Decimal(0)
+                for row in self.summaries.get((str(meter), str(customer["id"])), []):
+                    if start <= int(row["start_time"]) < end:
+                        quantity += Decimal(str(row["aggregated_value"]))
+                line_start, line_end = start, end
+            else:
+                quantity = Decimal(item.get("quantity") or 1)
+                line_start = end
+                line_end = _add_interval(
+                    end, str(recurring.get("interval", "month")),
+                    int(recurring.get("interval_count", 1)),
+                )  # fmt: skip
+            amount, unit = _price_amount(price, quantity)
+            qty_int = int(quantity) if quantity == quantity.to_integral_value() else None
+            lines.append(
+                {
+                    "id": f"il_tmp_{hashlib.sha256(str(item.get('id')).encode()).hexdigest()[:20]}",
+                    "amount": amount, "currency": currency, "subtotal": amount,
+                    "description": _line_description(price, quantity),
+                    "period": {"start": line_start, "end": line_end},
+                    "quantity": qty_int,
+                    "quantity_decimal": f"{quantity:f}",
+                    "parent": {
+                        "type": "subscription_item_details",
+                        "subscription_item_details": {
+                            "invoice_item": None, "proration": False, "proration_details": {
+                                "credited_items": None},
+                            "subscription": sub["id"], "subscription_item": item.get("id"),
+                        },
+                    },
+                    "pricing": {
+                        "type": "price_details",
+                        "price_details": {"price": price.get("id"),
+                                          "product": _ref_id(price.get("product"))},
+                        "unit_amount_decimal": unit,
+                    },
+                }
+            )  # fmt: skip
+        subtotal = sum(int(line["amount"]) for line in lines)
+        balance = int(customer.get("balance") or 0)
+        amount_due = max(0, subtotal + balance)
+        iid = f"upcoming_in_{str(sub['id']).removeprefix('sub_')}"
+        invoice = {
+            "id": iid, "customer": customer["id"], "currency": currency,
+            "customer_email": customer.get("email"), "customer_name": customer.get("name"),
+            "billing_reason": "upcoming", "created": period_end, "status": "draft",
+            "period_start": period_start, "period_end": period_end,
+            "subtotal": subtotal, "subtotal_excluding_tax": subtotal, "total": subtotal,
+            "total_excluding_tax": subtotal, "amount_due": amount_due,
+            "amount_remaining": amount_due, "starting_balance": balance,
+            "automatically_finalizes_at": period_end + 3600,
+            "next_payment_attempt": period_end + 3600,
+            "parent": {"type": "subscription_details", "quote_details": None,
+                       "subscription_details": {"metadata": sub.get("metadata") or {},
+                                                "subscription": sub["id"]}},
+        }  # fmt: skip
+        out = complete("invoice", invoice)
+        out["lines"] = self._embedded(
+            [self._line_out(line, iid) for line in lines], f"/v1/invoices/{iid}/lines"
+        )
+        return out
+
+    # -- charges, refunds, disputes --------------------------------------------------------------
+
+    def _charge_out(self, charge: JSON, expand: set[str], prefix: str = "data.") -> JSON:
+        out = complete("charge", charge)
+        if f"{prefix}refunds" in expand:
+            refunds = [complete("refund", r) for r in _sort_newest(
+                r for r in self.refunds.values() if r.get("charge") == charge["id"])]  # fmt: skip
+            out["refunds"] = self._embedded(refunds, f"/v1/charges/{charge['id']}/refunds")
+        return out
+
+    async def _get_charge(self, _r: WireRequest, params: JSON, m: re.Match[str]) -> JSON:
+        expand = self._expand(params, ("refunds",))
+        self._load_for(m["id"])
+        charge = self.charges.get(m["id"])
+        if charge is None:
+            raise _missing("charge", m["id"])
+        return self._charge_out(charge, expand, "")
+
+    async def _list_charges(self, _r: WireRequest, params: JSON, _m: re.Match[str]) -> JSON:
+        expand = self._expand(params, ("data.refunds",))
+        cid = self._customer_id(params)
+        self._load_scope(cid or params.get("payment_intent"))
+        items = [
+            c for c in _sort_newest(self.charges.values())
+            if (cid is None or c.get("customer") == cid)
+            and (params.get("payment_intent") is None
+                 or c.get("payment_intent") == params["payment_intent"])
+            and _range_match(c.get("created"), params.get("created"), "created")
+        ]  # fmt: skip
+        page = self._page(items, params, "/v1/charges")
+        page["data"] = [self._charge_out(c, expand) for c in page["data"]]
+        return page
+
+    async def _get_refund(self, _r: WireRequest, params: JSON, m: re.Match[str]) -> JSON:
+        self._expand(params, ())
+        self._load_for(m["id"])
+        refund = self.refunds.get(m["id"])
+        if refund is None:
+            raise _missing("refund", m["id"])
+        return complete("refund", refund)
+
+    async def _list_refunds(self, _r: WireRequest, params: JSON, _m: re.Match[str]) -> JSON:
+        self._expand(params, ())
+        charge, intent = params.get("charge"), params.get("payment_intent")
+        self._load_scope(charge or intent)
+        if charge is not None and charge not in self.charges:
+            raise _missing("charge", str(charge), "charge")
+        items = [
+            r for r in _sort_newest(self.refunds.values())
+            if (charge is None or r.get("charge") == charge)
+            and (intent is None or r.get("payment_intent") == intent)
+            and _range_match(r.get("created"), params.get("created"), "created")
+        ]  # fmt: skip
+        page = self._page(items, params, "/v1/refunds")
+        page["data"] = [complete("refund", r) for r in page["data"]]
+        return page
+
+    async def _get_dispute(self, _r: WireRequest, params: JSON, m: re.Match[str]) -> JSON:
+        self._expand(params, ())
+        self._load_for(m["id"])
+        dispute = self.disputes.get(m["id"])
+        if dispute is None:
+            raise _missing("dispute", m["id"])
+        return complete("dispute", dispute)
+
+    async def _list_disputes(self, _r: WireRequest, params: JSON, _m: re.Match[str]) -> JSON:
+        self._expand(params, ())
+        charge, intent = params.get("charge"), params.get("payment_intent")
+        self._load_scope(charge or intent)
+        items = [
+            d for d in _sort_newest(self.disputes.values())
+            if (charge is None or d.get("charge") == charge)
+            and (intent is None or d.get("payment_intent") == intent)
+            and _range_match(d.get("created"), params.get("created"), "created")
+        ]  # fmt: skip
+        page = self._page(items, params, "/v1/disputes")
+        page["data"] = [complete("dispute", d) for d in page["data"]]
+        return page
+
+    # -- prices and meters -----------------------------------------------------------------------
+
+    async def _get_price(self, _r: WireRequest, params: JSON, m: re.Match[str]) -> JSON:
+        expand = self._expand(params, ("product",))
+        self._load_until(lambda: m["id"] in self.prices)
+        price = self.prices.get(m["id"])
+        if price is None:
+            raise _missing("price", m["id"])
+        out = complete("price", price)
+        if "product" in expand:
+            out["product"] = self._product_out(out)
+        return out
+
+    def _product_out(self, price: Mapping[str, Any]) -> JSON:
+        """The expanded product of `price`. A world without a product catalogue gets one made up
+        from the price (named after its nickname), since Stripe always expands when asked."""
+        product_id = str(_ref_id(price.get("product")))
+        product = self.products.get(product_id)
+        if product is None:
+            created = price.get("created", 0)
+            product = {
+                "id": product_id,
+                "name": str(price.get("nickname") or product_id),
+                "created": created,
+                "updated": created,
+                "default_price": price.get("id"),
+            }
+        return complete("product", product)
+
+    async def _get_meter(self, _r: WireRequest, params: JSON, m: re.Match[str]) -> JSON:
+        self._expand(params, ())
+        self._load_until(lambda: m["id"] in self.meters)
+        meter = self.meters.get(m["id"])
+        if meter is None:
+            raise _missing("billing.meter", m["id"])
+        return complete("billing.meter", meter)
+
+    async def _list_meters(self, _r: WireRequest, params: JSON, _m: re.Match[str]) -> JSON:
+        self._expand(params, ())
+        self._load_all()  # the meters any customer uses
+        status = params.get("status")
+        items = [
+            mt for mt in _sort_newest(self.meters.values())
+            if status is None or mt.get("status", "active") == status
+        ]  # fmt: skip
+        page = self._page(items, params, "/v1/billing/meters")
+        page["data"] = [complete("billing.meter", mt) for mt in page["data"]]
+        return page
+
+    async def _list_summaries(self, _r: WireRequest, params: JSON, m: re.Match[str]) -> JSON:
+        self._expand(params, ())
+        meter_id = m["id"]
+        cid = self._customer_id(params, required=True)
+        assert cid is not None
+        self._load_for(cid)
+        self._load_until(lambda: meter_id in self.meters)
+        if meter_id not in self.meters:
+            raise _missing("billing.meter", meter_id)
+        if cid not in self.customers:
+            raise _missing("customer", cid, "customer")
+        start, end = _int(params, "start_time"), _int(params, "end_time")
+        for name, value in (("start_time", start), ("end_time", end)):
+            if value is None:
+                raise _invalid(f"Missing required param: {name}.", name, "parameter_missing")
+            if value % 60:
+                raise _invalid(f"{name} must be aligned with minute boundaries.", name)
+        assert start is not None and end is not None
+        if end <= start:
+            raise _invalid("end_time must be after start_time.", "end_time")
+        window = params.get("value_grouping_window")
+        if window not in (None, "day", "hour"):
+            raise _invalid("value_grouping_window must be one of day, hour.",
+                           "value_grouping_window")  # fmt: skip
+        rows = [
+            r for r in self.summaries.get((meter_id, cid), [])
+            if start <= int(r["start_time"]) and int(r["end_time"]) <= end
+        ]  # fmt: skip
+        if window is None:
+            # One summary over the whole range.
+            total = sum((Decimal(str(r["aggregated_value"])) for r in rows), Decimal(0))
+            digest = hashlib.sha256(f"{meter_id}{cid}{start}{end}".encode()).hexdigest()[:24]
+            rows = [{"id": f"mtrusg_{digest}", "aggregated_value": total, "start_time": start,
+                     "end_time": end, "meter": meter_id}]  # fmt: skip
+        # Newest first, as Stripe lists them.
+        rows = sorted(rows, key=lambda r: -int(r["start_time"]))
+        out = [complete("billing.meter_event_summary", {**r, "meter": meter_id}) for r in rows]
+        return self._page(out, params, f"/v1/billing/meters/{meter_id}/event_summaries")
+
+
+# --- pricing helpers (upcoming invoice) ---------------------------------------------------------
+
+
+def _ref_id(value: Any) -> str | None:
+    """The ID of an expandable field, expanded or not."""
+    if isinstance(value, Mapping):
+        return str(value.get("id"))
+    return None if value is None else str(value)
+
+
+def _unit_decimal(price: Mapping[str, Any]) -> Decimal | None:
+    raw = price.get("unit_amount_decimal")
+    if raw is None:
+        raw = price.get("unit_amount")
+    if raw is None:
+        return None
+    try:
+        return Decimal(str(raw))
+    except InvalidOperation:
+        return None
+
+
+def _price_amount(price: Mapping[str, Any], quantity: Decimal) -> tuple[int, str | None]:
+    """Amount in minor units for `quantity` of `price` (per-unit or tiered), and the unit price."""
+    transform = price.get("transform_quantity")
+    if transform:
+        divided = quantity / Decimal(int(transform.get("divide_by", 1)))
+        rounding = "ROUND_UP" if transform.get("round") == "up" else "ROUND_DOWN"
+        quantity = divided.quantize(Decimal(1), rounding=rounding)
+    if price.get("billing_scheme") == "tiered" and price.get("tiers"):
+        total = _tiered(price, quantity)
+        return int(total.quantize(Decimal(1), rounding=ROUND_HALF_EVEN)), None
+    unit = _unit_decimal(price)
+    if unit is None:
+        return 0, None
+    total = quantity * unit
+    return int(total.quantize(Decimal(1), rounding=ROUND_HALF_EVEN)), f"{unit:f}"
+
+
+def _tiered(price: Mapping[str, Any], quantity: Decimal) -> Decimal:
+    tiers = list(price.get("tiers") or [])
+    total = Decimal(0)
+    previous = Decimal(0)
+    for tier in tiers:
+        upto = tier.get("up_to")
+        cap = Decimal(str(upto)) if upto is not None else None
+        unit = Decimal(str(tier.get("unit_amount_decimal") or tier.get("unit_amount") or 0))
+        flat = Decimal(str(tier.get("flat_amount_decimal") or tier.get("flat_amount") or 0))
+        if price.get("tiers_mode") == "volume":
+            if cap is None or quantity <= cap:
+                return quantity * unit + flat
+            continue
+        if quantity <= previous:
+            break
+        in_tier = (min(quantity, cap) if cap is not None else quantity) - previous
+        total += in_tier * unit + flat
+        if cap is None:
+            break
+        previous = cap
+    return total
+
+
+def _line_description(price: Mapping[str, Any], quantity: Decimal) -> str:
+    name = price.get("nickname") or _ref_id(price.get("product")) or "item"
+    return f"{quantity:f} × {name}"
+
+
+def _add_interval(ts: int, interval: str, count: int) -> int:
+    dt = datetime.fromtimestamp(ts, tz=UTC)
+    if interval in ("month", "year"):
+        months = count * (12 if interval == "year" else 1)
+        year, month = divmod(dt.month - 1 + months, 12)
+        year += dt.year
+        day = min(dt.day, calendar.monthrange(year, month + 1)[1])
+        return _ts(dt.replace(year=year, month=month + 1, day=day))
+    seconds = {"day": 86400, "week": 7 * 86400}.get(interval, 86400)
+    return ts + seconds * count
