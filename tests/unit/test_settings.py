@@ -81,7 +81,9 @@ def test_secrets_never_print(monkeypatch: pytest.MonkeyPatch) -> None:
         assert "abcdefabcdef" not in text
 
 
-def test_a_provider_key_turns_the_sandbox_off_unless_forced(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_provider_key_turns_the_sandbox_off_unless_forced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Setting a key enables that provider; SANDBOX=1 keeps the sandbox anyway."""
     monkeypatch.setenv("ORB_API_KEY", "orb-key")
     s = Settings.load()
