@@ -21,13 +21,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bot.domain.identifiers import classify_account  # noqa: E402
-from bot.services.lookup import LookupService  # noqa: E402
-from integrations.http import RetryPolicy  # noqa: E402
-from tests.support.app import serve_app  # noqa: E402
-from tests.support.fakeserver import Fault  # noqa: E402
-from tests.support.providers import FakeProviders, test_world  # noqa: E402
-from tests.support.slack import FORM, signed_headers, slash_command_body  # noqa: E402
+from bot.domain.identifiers import classify_account
+from bot.services.lookup import LookupService
+from integrations.http import RetryPolicy
+from tests.support.app import serve_app
+from tests.support.fakeserver import Fault
+from tests.support.providers import FakeProviders, small_world
+from tests.support.slack import FORM, signed_headers, slash_command_body
 
 
 async def start_fakes() -> FakeProviders:
@@ -38,7 +38,7 @@ async def start_fakes() -> FakeProviders:
     from tests.support.fakeserver import FakeProviderServer
     from tests.support.providers import KEYS
 
-    world = test_world()
+    world = small_world()
     fakes = FakeProviders(
         world,
         FakeProviderServer(StripeSandboxServer(world, api_key=KEYS["stripe"])),
@@ -84,7 +84,10 @@ async def concurrency(fakes: FakeProviders, account: str, latency: float) -> Non
     slowest = max(single.values())
     ratio = seconds / slowest
     verdict = "OK" if ratio <= 1.3 else "OVER BUDGET"
-    print(f"  all three:       {seconds * 1000:7.0f} ms  (requests per provider {calls}, failed: {failed})")
+    print(
+        f"  all three:       {seconds * 1000:7.0f} ms  "
+        f"(requests per provider {calls}, failed: {failed})"
+    )
     print(f"  ratio to slowest single provider: {ratio:.2f} (budget 1.30) {verdict}")
     fakes.set_latency(0.0)
 
@@ -129,7 +132,10 @@ async def ack_under_load(fakes: FakeProviders, account: str, latency: float) -> 
             done = sum(1 for i in range(20) if app.responses(f"l{i}"))
     ms = sorted(latencies)
     q = statistics.quantiles(ms, n=100, method="inclusive")
-    print(f"  help ack while 20 lookups run: p50={q[49]:.1f} ms p99={q[98]:.1f} ms; lookups answered: {done}/20")
+    print(
+        f"  help ack while 20 lookups run: p50={q[49]:.1f} ms p99={q[98]:.1f} ms; "
+        f"lookups answered: {done}/20"
+    )
     fakes.set_latency(0.0)
 
 

@@ -131,7 +131,7 @@ def provider_blocks(snap: ProviderSnapshot, *, sandbox: bool) -> list[Block]:
     if snap.invoices:
         invs = [_invoice_line(i, link=not sandbox) for i in snap.invoices[:INVOICES_SHOWN]]
         details.append("*Recent invoices*\n" + "\n".join(invs))
-    if not snap.invoices and snap.payments:
+    if snap.payments:
         rows = [
             f"`{p.id}` {fmt_date(p.created_at)} · {p.amount} · {p.status.value}"
             + (

@@ -40,7 +40,7 @@ FIXED_NOW = datetime(2026, 11, 20, tzinfo=UTC)
 
 
 @cache
-def test_world() -> SandboxWorld:
+def small_world() -> SandboxWorld:
     """One small world for the whole test session (stories plus 20 ordinary accounts)."""
     return build_world(now=FIXED_NOW, ordinary_accounts=20)
 
@@ -86,7 +86,7 @@ class FakeProviders:
 @pytest_asyncio.fixture
 async def fake_providers() -> AsyncIterator[FakeProviders]:
     """Stripe, Orb and Metronome fakes on 127.0.0.1, serving the test world."""
-    world = test_world()
+    world = small_world()
     servers = FakeProviders(
         world,
         FakeProviderServer(StripeSandboxServer(world, api_key=KEYS["stripe"])),
