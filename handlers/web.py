@@ -8,12 +8,15 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from slack_bolt.app.async_server import AsyncSlackAppServer
 from slack_bolt.async_app import AsyncApp
+from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.app import deps_of, shutdown, startup
+from bot.errors import ConfigError
 
 log = logging.getLogger("handlers.web")
 
@@ -99,16 +102,49 @@ async def serve_forever(app: AsyncApp, *, host: str, port: int) -> None:
         await server.stop()
 
 
+class SocketModeRunner:
+    """The running Socket Mode: `start()` connects, `stop()` disconnects, drains and closes."""
+
+    def __init__(
+        self, app: AsyncApp, app_token: str, *, web_client: AsyncWebClient | None = None
+    ) -> None:
+        self.app = app
+        self.app_token = app_token
+        self.web_client = web_client
+        self.handler: Any = None
+
+    async def start(self) -> None:
+        """Migrate, get a socket URL (a refused token is a configuration error), connect."""
+        from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+        from slack_sdk.errors import SlackApiError
+
+        await startup(self.app)
+        handler = AsyncSocketModeHandler(self.app, self.app_token, web_client=self.web_client)
+        try:
+            # connect() would retry a refused apps.connections.open forever; ask once first.
+            handler.client.wss_uri = await handler.client.issue_new_wss_url()
+        except SlackApiError as exc:
+            await handler.close_async()  # type: ignore[no-untyped-call]
+            await shutdown(self.app)
+            error = exc.response.get("error") if exc.response is not None else "refused"
+            raise ConfigError(f"SLACK_APP_TOKEN was refused by Slack: {error}") from None
+        self.handler = handler
+        await handler.connect_async()  # type: ignore[no-untyped-call]
+        log.info("connected to Slack in Socket Mode")
+
+    async def stop(self) -> None:
+        """Disconnect, let running work finish, close clients."""
+        if self.handler is not None:
+            await self.handler.close_async()
+            self.handler = None
+        await shutdown(self.app)
+
+
 async def socket_forever(app: AsyncApp, app_token: str) -> None:
     """Run Socket Mode until SIGINT/SIGTERM."""
-    from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
-
-    await startup(app)
-    handler = AsyncSocketModeHandler(app, app_token)
-    await handler.connect_async()  # type: ignore[no-untyped-call]
-    log.info("connected to Slack in Socket Mode")
+    runner = SocketModeRunner(app, app_token)
+    await runner.start()
     try:
         await _wait_for_signal()
     finally:
-        await handler.close_async()  # type: ignore[no-untyped-call]
-        await shutdown(app)
+        await runner.stop()
