@@ -50,6 +50,8 @@ class Deps:
     observer: Observer = field(default_factory=Observer)
     #: Set when the sandbox answers instead of real providers (shown in the UI).
     sandbox: bool = False
+    #: Seconds the LLM may take before the deterministic wording is used.
+    llm_deadline: float = 8.0
 
     async def aclose(self) -> None:
         """Close provider clients, the LLM client and the database."""

@@ -15,9 +15,10 @@ if TYPE_CHECKING:
 
 def register_all(app: AsyncApp, deps: Deps) -> None:
     """Register middleware, listeners and the error handler on `app`."""
-    from handlers import commands, errors, mentions, middleware
+    from handlers import commands, errors, explain, mentions, middleware
 
     middleware.register(app, deps)
     commands.register(app, deps)
+    explain.register(app, deps)
     mentions.register(app, deps)
     errors.register(app, deps)

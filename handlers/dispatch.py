@@ -19,6 +19,7 @@ from bot.domain.commands import (
 )
 from handlers import views
 from handlers.account_views import snapshot_reply
+from handlers.explain import draft_reply_for, explain_reply
 
 if TYPE_CHECKING:
     from bot.app import Deps
@@ -30,7 +31,7 @@ def quick_answer(cmd: Command, deps: Deps) -> views.Reply | None:
     """The reply when it needs no I/O (help, not-yet-built subcommands), else None."""
     if isinstance(cmd, HelpCommand):
         return views.help_reply(deps.settings.billing_command, cmd.topic)
-    if isinstance(cmd, StatusCommand):
+    if isinstance(cmd, (StatusCommand, ExplainCommand, DraftCommand)):
         return None
     return _coming_soon(cmd)
 
@@ -54,16 +55,14 @@ async def answer(
             shareable=True,
             share_value=views.share_value(command_text),
         )
+    if isinstance(cmd, ExplainCommand):
+        return await explain_reply(cmd, deps, command_text=command_text, progress=progress)
+    if isinstance(cmd, DraftCommand):
+        return await draft_reply_for(cmd, deps, command_text=command_text, progress=progress)
     return _coming_soon(cmd)
 
 
 def _coming_soon(cmd: Command) -> views.Reply:
-    if isinstance(cmd, ExplainCommand):
-        extra = f", invoice {cmd.invoice_id}" if cmd.invoice_id else ""
-        return views.coming_soon_reply("explain", f"account {cmd.account.value}{extra}")
-    if isinstance(cmd, DraftCommand):
-        notes = " with your notes" if cmd.notes else ""
-        return views.coming_soon_reply("draft", f"account {cmd.account.value}{notes}")
     if isinstance(cmd, RefundCommand):
         parts = [f"account {cmd.account.value}"]
         if cmd.amount is not None:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from slack_bolt.async_app import AsyncApp, AsyncSay
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.domain.commands import parse_mention
+from bot.domain.commands import DraftCommand, parse_mention
 from handlers.dispatch import answer, quick_answer
 from handlers.errors import after_ack
 
@@ -35,6 +35,16 @@ def register(app: AsyncApp, deps: Deps) -> None:
             reply = quick_answer(cmd, deps) or await answer(
                 cmd, deps, command_text=event.get("text") or ""
             )
+            if isinstance(cmd, DraftCommand):
+                # A draft is for the engineer only, even when asked for in a channel.
+                await client.chat_postEphemeral(
+                    channel=event["channel"],
+                    user=event["user"],
+                    thread_ts=thread,
+                    text=reply.text,
+                    blocks=reply.render_blocks(with_share=False),
+                )
+                return
             await say(
                 text=reply.text, blocks=reply.render_blocks(with_share=False), thread_ts=thread
             )

@@ -224,6 +224,7 @@ _EXPLAIN_WORDS = re.compile(
     r"|double)\b",
     re.IGNORECASE,
 )
+_SENTENCE_HEADS = ("status", "explain", "draft")
 _DRAFT_WORDS = re.compile(r"\b(draft|reply|respond|response|write)\b", re.IGNORECASE)
 
 
@@ -250,6 +251,13 @@ def parse_mention(text: str, *, bot_user_id: str | None = None) -> Command:
     plain = strip_markup(text or "", drop_user=bot_user_id).strip()
     words = plain.split()
     if not words or words[0].lower() in SUBCOMMANDS:
+        head = words[0].lower() if words else ""
+        later = _find_identifier(words[2:]) if head in _SENTENCE_HEADS else None
+        if later is not None and _find_identifier(words[1:2]) is None:
+            # "draft a reply for acct_x …": a sentence, the account further on.
+            if head == "draft":
+                return DraftCommand(later, _reason([plain], limit=MAX_NOTES))
+            return ExplainCommand(later) if head == "explain" else StatusCommand(later)
         return parse_command(plain)
     account = _find_identifier(words)
     if account is None:

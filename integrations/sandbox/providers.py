@@ -4,6 +4,9 @@ HTTP policy as production."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
+
 from bot.domain.ports import BillingProvider
 from integrations.http import RetryPolicy
 from integrations.metronome import MetronomeBillingProvider
@@ -25,9 +28,13 @@ SANDBOX_POLICY = RetryPolicy(backoff_base=0.05, backoff_max=0.2, max_retry_after
 
 
 def sandbox_providers(
-    world: SandboxWorld | None = None, *, usage_days: int = 35
+    world: SandboxWorld | None = None,
+    *,
+    usage_days: int = 35,
+    clock: Callable[[], datetime] | None = None,
 ) -> dict[str, BillingProvider]:
-    """Stripe, Orb and Metronome clients backed by the sandbox world."""
+    """Stripe, Orb and Metronome clients backed by the sandbox world (`clock`: the clients'
+    "now", e.g. a test world's fixed date)."""
     world = world or build_world()
     return {
         "stripe": StripeBillingProvider(
@@ -36,6 +43,7 @@ def sandbox_providers(
             policy=SANDBOX_POLICY,
             transport=RouterTransport(StripeSandboxServer(world, api_key=SANDBOX_KEYS["stripe"])),
             usage_days=usage_days,
+            clock=clock,
         ),
         "orb": OrbBillingProvider(
             SANDBOX_KEYS["orb"],
@@ -43,6 +51,7 @@ def sandbox_providers(
             policy=SANDBOX_POLICY,
             transport=RouterTransport(OrbSandboxServer(world, api_key=SANDBOX_KEYS["orb"])),
             usage_days=usage_days,
+            clock=clock,
         ),
         "metronome": MetronomeBillingProvider(
             SANDBOX_KEYS["metronome"],
@@ -52,5 +61,6 @@ def sandbox_providers(
                 MetronomeSandboxServer(world, api_key=SANDBOX_KEYS["metronome"])
             ),
             usage_days=usage_days,
+            clock=clock,
         ),
     }

@@ -78,7 +78,7 @@ STORY_SPECS: tuple[StorySpec, ...] = (
         "proration lines (credit for unused Growth, charge for remaining Pro) and the new plan's "
         "fee (plan_change is present too).",
         latest_invoice_days_ago=3,
-        expected_finding="proration",
+        expected_finding="plan_change",
     ),
     StorySpec(
         "expired_coupon",
@@ -255,12 +255,9 @@ def _expected(
     latest, previous = _pair(stripe.invoices)
     amount = None
     if spec.key == "plan_change_proration":
-        prorations = [
-            li["amount"]
-            for li in latest["lines"]["data"]
-            if li["parent"]["subscription_item_details"]["proration"]
-        ]
-        amount = _major(sum(prorations))
+        # The planted cause is the upgrade: the new plan's fee replacing the old one (usage is
+        # held equal); the net of the proration lines is the second finding (`proration_net`).
+        amount = _major(_plan_fees(latest) - _plan_fees(previous))
     elif spec.key == "expired_coupon":
         amount = _major(sum(d["amount"] for d in previous["total_discount_amounts"]))
     elif spec.key == "duplicate_charge":
@@ -270,6 +267,33 @@ def _expected(
     if spec.key == "ambiguous_email":
         return None, None, None
     return latest["id"], previous["id"], amount
+
+
+def _plan_fees(invoice: dict[str, Any]) -> int:
+    """Minor units of an invoice's non-proration licensed (plan fee) lines."""
+    total = 0
+    for li in invoice["lines"]["data"]:
+        details = li["parent"]["subscription_item_details"]
+        price = (li.get("pricing") or {}).get("price_details") or {}
+        if details is None or details.get("proration"):
+            continue
+        if "metered" in str(price) or li.get("quantity") not in (None, 1):
+            continue
+        total += int(li["amount"])
+    return total
+
+
+def proration_net(world: SandboxWorld, story: Story) -> Decimal | None:
+    """The net of the proration lines on a story's invoice (the plan-change story's second
+    finding), in major units."""
+    stripe = world.stripe(story.account_id)
+    if stripe is None or story.invoice_id is None:
+        return None
+    invoice = next(i for i in stripe.invoices if i["id"] == story.invoice_id)
+    lines = invoice["lines"]["data"]
+    return _major(
+        sum(li["amount"] for li in lines if li["parent"]["subscription_item_details"]["proration"])
+    )
 
 
 def collect_stories(world: SandboxWorld) -> list[Story]:

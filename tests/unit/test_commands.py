@@ -153,6 +153,19 @@ def test_mentions_find_the_account_and_intent() -> None:
     assert isinstance(parse_mention("<@UBOT>", bot_user_id="UBOT"), HelpCommand)
 
 
+def test_a_mention_sentence_starting_with_a_subcommand_finds_the_account_later() -> None:
+    """ "draft a reply for acct_x" drafts for acct_x, not for an account called "a"."""
+    draft = parse_mention("<@UBOT> draft a reply for acct_northwind please", bot_user_id="UBOT")
+    assert isinstance(draft, DraftCommand)
+    assert draft.account.value == "acct_northwind"
+    explain = parse_mention("<@UBOT> explain the bill of jane@acme.com", bot_user_id="UBOT")
+    assert isinstance(explain, ExplainCommand)
+    assert explain.account.value == "jane@acme.com"
+    direct = parse_mention("<@UBOT> draft acct_1 customer is upset", bot_user_id="UBOT")
+    assert isinstance(direct, DraftCommand)
+    assert direct.account.value == "acct_1"
+
+
 def test_a_mention_without_an_account_says_how_to_ask() -> None:
     """A question with no identifier gets an example of how to ask."""
     with pytest.raises(UsageError, match="couldn't find an account"):

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from integrations.sandbox.stories import proration_net
 from integrations.sandbox.world import (
     METRONOME_KINDS,
     ORB_KINDS,
@@ -599,7 +600,8 @@ def test_usage_spike_story(world: SandboxWorld) -> None:
 
 def test_plan_change_proration_story(world: SandboxWorld) -> None:
     """Stripe: a mid-period upgrade puts a credit and a charge proration on the latest invoice
-    (their net is the expected amount) next to the new plan's fee."""
+    next to the new plan's fee; the fee change is the expected amount, the prorations' net the
+    second finding."""
     story = _story(world, "plan_change_proration")
     data = world.stripe(story.account_id)
     assert data is not None
@@ -617,7 +619,9 @@ def test_plan_change_proration_story(world: SandboxWorld) -> None:
     details = credit["parent"]["subscription_item_details"]
     assert details["proration_details"]["credited_items"]["invoice"] == previous["id"]
     assert details["invoice_item"].startswith("ii_")
-    assert Decimal(credit["amount"] + debit["amount"]) / 100 == story.expected_amount
+    assert Decimal(credit["amount"] + debit["amount"]) / 100 == proration_net(world, story)
+    assert story.expected_finding == "plan_change"
+    assert story.expected_amount == Decimal("500.00")  # Pro $799 replaces Growth $299
     assert not any(
         li["parent"]["subscription_item_details"]["proration"] for li in previous["lines"]["data"]
     )
