@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -75,10 +74,7 @@ def register(app: AsyncApp, deps: Deps) -> None:
         await ack()
 
         async def work() -> None:
-            try:
-                text = str(json.loads(action.get("value") or "{}").get("cmd", ""))
-            except (ValueError, AttributeError):
-                text = ""
+            text = views.command_of(action)
             cmd = parse_command(text)
             reply = quick_answer(cmd, deps) or await answer(cmd, deps, command_text=text)
             await respond(

@@ -53,7 +53,7 @@ async def answer(
             text=reply.text,
             blocks=reply.blocks,
             shareable=True,
-            share_value=views.share_value(command_text),
+            share_value=views.command_value(command_text),
         )
     if isinstance(cmd, ExplainCommand):
         return await explain_reply(cmd, deps, command_text=command_text, progress=progress)

@@ -4,7 +4,6 @@ button. The commands are answered through `handlers.dispatch.answer`, which call
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +19,6 @@ from handlers.explain_views import (
     DRAFT_REGENERATE_ACTION,
     draft_view,
     explanation_view,
-    regenerate_value,
 )
 
 if TYPE_CHECKING:
@@ -60,7 +58,7 @@ async def explain_reply(
         text=reply.text,
         blocks=reply.blocks,
         shareable=True,
-        share_value=views.share_value(command_text),
+        share_value=views.command_value(command_text),
     )
 
 
@@ -84,7 +82,7 @@ async def draft_reply_for(
     )
     deps.metrics.inc("billing_triage_wording_total", kind="draft", source=result.wording.source)
     return draft_view(
-        result, regenerate=regenerate_value(_draft_command_text(cmd)), sandbox=deps.sandbox
+        result, regenerate=views.command_value(_draft_command_text(cmd)), sandbox=deps.sandbox
     )
 
 
@@ -103,10 +101,7 @@ def register(app: AsyncApp, deps: Deps) -> None:
         await ack()
 
         async def work() -> None:
-            try:
-                text = str(json.loads(action.get("value") or "{}").get("cmd", ""))
-            except (ValueError, AttributeError):
-                text = ""
+            text = views.command_of(action)
             cmd = parse_command(text)
             if not isinstance(cmd, DraftCommand):
                 raise UsageError("This button no longer works; run `/billing draft ACCOUNT` again.")

@@ -7,7 +7,6 @@ Slack's limits through the `handlers.views` helpers.
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal
 
 from bot.domain.findings import Explanation, Finding
@@ -231,11 +230,6 @@ def _plain_summary(explanation: Explanation, title: str) -> str:
 
 
 # --- draft ------------------------------------------------------------------------------------
-
-
-def regenerate_value(command_text: str) -> str:
-    """The Regenerate button's value: the draft command to run again."""
-    return json.dumps({"cmd": command_text[:1800]})
 
 
 def refund_request_buttons(result: DraftResult) -> list[Block]:

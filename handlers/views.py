@@ -162,6 +162,15 @@ def progress_reply(text: str) -> Reply:
     return Reply(text=text, blocks=[context(f":hourglass_flowing_sand: {text}")])
 
 
-def share_value(command_text: str) -> str:
-    """The share button's value: the command to re-run (JSON keeps it unambiguous)."""
+def command_value(command_text: str) -> str:
+    """A button value carrying the command to re-run (Share, Regenerate); JSON keeps it
+    unambiguous and under Slack's 2,000-character limit."""
     return json.dumps({"cmd": command_text[:1800]})
+
+
+def command_of(action: dict[str, Any]) -> str:
+    """The command text a `command_value` button carries ('' when unreadable)."""
+    try:
+        return str(json.loads(action.get("value") or "{}").get("cmd", ""))
+    except (ValueError, AttributeError):
+        return ""
