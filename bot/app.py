@@ -8,6 +8,7 @@ import logging
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp
@@ -173,10 +174,18 @@ def _provider_samples(
 
 
 async def startup(app: AsyncApp) -> None:
-    """Run migrations unless `AUTO_MIGRATE=0`."""
+    """Run migrations unless `AUTO_MIGRATE=0`, then drop expired processed-event IDs."""
+    from handlers.middleware import KEEP_EVENTS
+
     deps = deps_of(app)
     if deps.settings.auto_migrate:
         await upgrade(deps.settings.database_url)
+    try:
+        async with deps.database.uow() as uow:
+            await uow.events.prune(datetime.now(UTC) - KEEP_EVENTS)
+            await uow.commit()
+    except Exception:  # a database that is down at start shows in /healthz, not here
+        log.warning("could not prune processed events at start", exc_info=True)
 
 
 async def shutdown(app: AsyncApp, *, drain_timeout: float = 10.0) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from slack_bolt.async_app import AsyncApp
@@ -14,6 +15,22 @@ if TYPE_CHECKING:
     from bot.app import Deps
 
 log = logging.getLogger("handlers.middleware")
+
+
+#: Processed event IDs are kept this long (Slack retries within minutes), pruned every N events.
+KEEP_EVENTS = timedelta(days=2)
+PRUNE_EVERY = 500
+
+
+async def _prune(deps: Deps) -> None:
+    """Drop processed-event IDs older than KEEP_EVENTS (best effort, off the ack path)."""
+    try:
+        async with deps.database.uow() as uow:
+            removed = await uow.events.prune(datetime.now(UTC) - KEEP_EVENTS)
+            await uow.commit()
+        log.info("pruned processed events", extra={"removed": removed})
+    except Exception:
+        log.warning("pruning processed events failed", exc_info=True)
 
 
 def register(app: AsyncApp, deps: Deps) -> None:
@@ -44,6 +61,10 @@ def register(app: AsyncApp, deps: Deps) -> None:
             # Fail open: answering twice beats losing a mention when the database hiccups.
             log.warning("event dedupe unavailable", exc_info=True)
             first = True
+        seen = deps.metrics.counters[("billing_triage_slack_events_total", ())] + 1
+        deps.metrics.inc("billing_triage_slack_events_total")
+        if seen % PRUNE_EVERY == 0:
+            deps.inflight.spawn(_prune(deps))
         if not first:
             deps.metrics.inc("billing_triage_slack_duplicate_events_total")
             log.info("duplicate event dropped", extra={"event_id": body["event_id"]})

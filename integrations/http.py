@@ -13,11 +13,11 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
@@ -33,6 +33,7 @@ from bot.errors import (
 )
 
 log = logging.getLogger("integrations.http")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,13 +59,80 @@ RetryHook = Callable[[httpx.Response], bool | None]
 ErrorParser = Callable[[httpx.Response], str]
 
 
-class _Transient(Exception):
-    """An attempt failed in a way that may succeed on retry."""
+class Transient(Exception):
+    """An attempt failed in a way that may succeed on retry (`retry_after`: the server's hint)."""
 
-    def __init__(self, reason: str, *, response: httpx.Response | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        response: httpx.Response | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.response = response
+        self.retry_after = retry_after
+        if retry_after is None and response is not None:
+            self.retry_after = retry_after_seconds(response)
+
+
+_Transient = Transient  # the name used inside this module
+
+
+async def call_with_policy(
+    attempt: Callable[[], Awaitable[T]],
+    *,
+    policy: RetryPolicy,
+    label: str,
+    may_retry: bool = True,
+    deadline: float | None = None,
+    sleep: Callable[[float], Any] = asyncio.sleep,
+) -> T:
+    """Run `attempt` under the shared policy: retried while it raises `Transient` (and
+    `may_retry`), with capped exponential backoff and jitter, `Retry-After` honoured up to
+    `policy.max_retry_after`, at most `policy.max_attempts` tries, all within the deadline.
+    Raises the last `Transient` when it gives up; any other exception at once."""
+    budget = deadline if deadline is not None else policy.deadline
+    started = time.monotonic()
+
+    def wait(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        delay = min(policy.backoff_max, policy.backoff_base * (2 ** (state.attempt_number - 1)))
+        delay = random.uniform(delay / 2, delay)  # noqa: S311 - jitter, not crypto
+        if isinstance(exc, Transient) and exc.retry_after is not None:
+            delay = min(exc.retry_after, policy.max_retry_after)
+        remaining = budget - (time.monotonic() - started)
+        return max(0.0, min(delay, remaining))
+
+    def should_retry(exc: BaseException) -> bool:
+        if not isinstance(exc, Transient) or not may_retry:
+            return False
+        return budget - (time.monotonic() - started) > 0.05
+
+    async def bounded() -> T:
+        remaining = budget - (time.monotonic() - started)
+        if remaining <= 0:
+            raise Transient("deadline exceeded")
+        try:
+            async with asyncio.timeout(remaining):
+                return await attempt()
+        except TimeoutError as exc:
+            raise Transient("timed out") from exc
+
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(policy.max_attempts),
+        wait=wait,
+        retry=retry_if_exception(should_retry),
+        sleep=sleep,
+        reraise=True,
+        before_sleep=lambda s: log.info(
+            "retry",
+            extra={"target": label, "attempt": s.attempt_number,
+                   "reason": str(s.outcome.exception()) if s.outcome else ""},
+        ),
+    )  # fmt: skip
+    return await retrying(bounded)
 
 
 def decode_json(content: bytes) -> Any:
@@ -174,67 +242,30 @@ class ProviderHttp:
         send_headers = dict(headers or {})
         if idempotency_key is not None:
             send_headers["Idempotency-Key"] = idempotency_key
-        budget = deadline if deadline is not None else self.policy.deadline
-        started = time.monotonic()
         url = path.lstrip("/")
 
         async def attempt() -> Any:
-            remaining = budget - (time.monotonic() - started)
-            if remaining <= 0:
-                raise _Transient("deadline exceeded")
             try:
-                async with asyncio.timeout(remaining):
-                    async with self._limit:
-                        self.calls += 1
-                        response = await self._client.request(
-                            method,
-                            url,
-                            params=params,
-                            json=json_body,
-                            data=form,
-                            headers=send_headers,
-                        )
-            except TimeoutError as exc:
-                raise _Transient("timed out") from exc
+                async with self._limit:
+                    self.calls += 1
+                    response = await self._client.request(
+                        method, url, params=params, json=json_body, data=form, headers=send_headers
+                    )
             except httpx.TimeoutException as exc:
                 raise _Transient("timed out") from exc
             except httpx.TransportError as exc:
                 raise _Transient("connection failed") from exc
             return self._handle(response, may_retry=may_retry)
 
-        def wait(state: RetryCallState) -> float:
-            exc = state.outcome.exception() if state.outcome else None
-            delay = min(
-                self.policy.backoff_max,
-                self.policy.backoff_base * (2 ** (state.attempt_number - 1)),
-            )
-            delay = random.uniform(delay / 2, delay)  # noqa: S311 - jitter, not crypto
-            if isinstance(exc, _Transient) and exc.response is not None:
-                hinted = retry_after_seconds(exc.response)
-                if hinted is not None:
-                    delay = min(hinted, self.policy.max_retry_after)
-            remaining = budget - (time.monotonic() - started)
-            return max(0.0, min(delay, remaining))
-
-        def should_retry(exc: BaseException) -> bool:
-            if not isinstance(exc, _Transient) or not may_retry:
-                return False
-            return budget - (time.monotonic() - started) > 0.05
-
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.policy.max_attempts),
-            wait=wait,
-            retry=retry_if_exception(should_retry),
-            sleep=self._sleep,
-            reraise=True,
-            before_sleep=lambda s: log.info(
-                "provider retry",
-                extra={"provider": self.provider, "path": url, "attempt": s.attempt_number,
-                       "reason": str(s.outcome.exception()) if s.outcome else ""},
-            ),
-        )  # fmt: skip
         try:
-            return await retrying(attempt)
+            return await call_with_policy(
+                attempt,
+                policy=self.policy,
+                label=f"{self.provider} {url}",
+                may_retry=may_retry,
+                deadline=deadline,
+                sleep=self._sleep,
+            )
         except _Transient as exc:
             self.errors += 1
             raise self._give_up(exc) from None

@@ -15,10 +15,14 @@ import openai
 from pydantic import SecretStr
 
 from bot.services.wording import LLMUnavailable, token_estimate
+from integrations.http import RetryPolicy, Transient, call_with_policy
 
 __all__ = ["LLMUnavailable", "OpenAILLMClient", "token_estimate"]
 
 log = logging.getLogger("bot.llm")
+
+#: Two tries with short waits: a reply is only worth having within the caller's deadline.
+LLM_POLICY = RetryPolicy(max_attempts=2, backoff_base=0.25, backoff_max=1.0, max_retry_after=2.0)
 
 
 class OpenAILLMClient:
@@ -31,19 +35,19 @@ class OpenAILLMClient:
         base_url: str | None,
         model: str,
         timeout: float = 10.0,
-        max_retries: int = 1,
+        policy: RetryPolicy | None = None,
         http_client: httpx.AsyncClient | None = None,
     ) -> None:
         key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
         self.model = model
         self._owns_http = http_client is None
-        # The SDK's own retry (connection errors, 408/409/429/5xx, Retry-After honoured, capped
-        # backoff) is the one retry layer for this client; the caller's deadline bounds it.
+        # Retries follow the shared policy (integrations/http.py), so the SDK's own is off.
+        self.policy = policy or LLM_POLICY
         self._client = openai.AsyncOpenAI(
             api_key=key,
             base_url=base_url,
             timeout=timeout,
-            max_retries=max_retries,
+            max_retries=0,
             # openai>=3 types this as an httpx2 client but accepts an httpx one at run time;
             # openai 1.x types it as httpx. Any keeps both type-correct.
             http_client=cast(Any, http_client),
@@ -61,29 +65,46 @@ class OpenAILLMClient:
         max_tokens: int,
         timeout: float,  # noqa: ASYNC109
     ) -> str:
-        """The model's reply to one system + user message; raises `LLMUnavailable` on failure."""
+        """The model's reply to one system + user message; raises `LLMUnavailable` on failure.
+
+        Connection errors, timeouts, 429 and 5xx are retried under the shared policy (with
+        `Retry-After`), all within `timeout` seconds."""
+
+        async def attempt() -> Any:
+            try:
+                return await self._client.chat.completions.create(
+                    model=self.model,
+                    messages=[
+                        {"role": "system", "content": system},
+                        {"role": "user", "content": user},
+                    ],
+                    temperature=0.2,
+                    max_tokens=max_tokens,
+                    timeout=timeout,
+                )
+            except openai.APITimeoutError:
+                raise Transient("timed out") from None
+            except openai.APIConnectionError:
+                raise Transient("could not connect") from None
+            except openai.RateLimitError as exc:
+                raise Transient("rate limited", retry_after=_hint(exc)) from None
+            except openai.APIStatusError as exc:
+                if exc.status_code >= 500:
+                    raise Transient(
+                        f"server error {exc.status_code}", retry_after=_hint(exc)
+                    ) from None
+                raise
+
         try:
-            response: Any = await self._client.chat.completions.create(
-                model=self.model,
-                messages=[
-                    {"role": "system", "content": system},
-                    {"role": "user", "content": user},
-                ],
-                temperature=0.2,
-                max_tokens=max_tokens,
-                timeout=timeout,
+            response = await call_with_policy(
+                attempt, policy=self.policy, label="llm", deadline=timeout
             )
-        except openai.APITimeoutError:
-            raise LLMUnavailable("timed out") from None
-        except openai.APIConnectionError:
-            raise LLMUnavailable("could not connect") from None
-        except openai.RateLimitError:
-            raise LLMUnavailable("rate limited") from None
+        except Transient as exc:
+            raise LLMUnavailable(exc.reason) from None
         except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
             raise LLMUnavailable(f"the server refused the API key ({exc.status_code})") from None
         except openai.APIStatusError as exc:
-            kind = "server error" if exc.status_code >= 500 else "request rejected"
-            raise LLMUnavailable(f"{kind} {exc.status_code}") from None
+            raise LLMUnavailable(f"request rejected {exc.status_code}") from None
         except (openai.APIResponseValidationError, ValueError, TypeError):
             # ValueError covers a 200 whose body is not JSON (json.JSONDecodeError).
             raise LLMUnavailable("unreadable reply") from None
@@ -95,6 +116,23 @@ class OpenAILLMClient:
         """Close the HTTP client if this adapter created it."""
         if self._owns_http:
             await self._client.close()
+
+
+def _hint(exc: openai.APIStatusError) -> float | None:
+    """`Retry-After` of an error response, if the server sent one."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    for name in ("retry-after-ms", "retry-after"):
+        value = headers.get(name)
+        if value:
+            try:
+                seconds = float(value)
+            except ValueError:
+                return None
+            return seconds / 1000 if name == "retry-after-ms" else seconds
+    return None
 
 
 def _reply_text(response: Any) -> str:

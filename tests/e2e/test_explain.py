@@ -38,6 +38,7 @@ from handlers.explain_views import (
     draft_view,
     explanation_view,
 )
+from integrations.http import RetryPolicy
 from integrations.llm import OpenAILLMClient
 from integrations.sandbox.metronome_server import MetronomeSandboxServer
 from integrations.sandbox.orb_server import OrbSandboxServer
@@ -101,7 +102,10 @@ async def served(
     build: Callable[..., Any] = build_app
     if llm_url is not None:
         llm = OpenAILLMClient(
-            "sk-test-FAKEKEY0123456789abcdef", base_url=llm_url, model="fake-model", max_retries=0
+            "sk-test-FAKEKEY0123456789abcdef",
+            base_url=llm_url,
+            model="fake-model",
+            policy=RetryPolicy(max_attempts=1),
         )
         build = functools.partial(build_app, llm=llm)
     async with serve_app(

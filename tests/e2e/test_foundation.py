@@ -208,3 +208,21 @@ async def test_unknown_paths_are_404(running_app: RunningApp) -> None:
     response = await running_app.http.get("/nope")
     assert response.status_code == 404
     assert isinstance(response, httpx.Response)
+
+
+async def test_old_processed_event_ids_are_pruned(running_app: RunningApp) -> None:
+    """Event IDs older than the keep window are dropped, so a retry seen long ago is new again."""
+    from datetime import UTC, datetime, timedelta
+
+    from handlers import middleware
+
+    async with running_app.deps.database.uow() as uow:
+        assert await uow.events.mark_processed("slack:T0BILLING", "EvOld")
+        await uow.commit()
+    await middleware._prune(running_app.deps)  # nothing is old enough yet
+    async with running_app.deps.database.uow() as uow:
+        assert not await uow.events.mark_processed("slack:T0BILLING", "EvOld")
+    later = datetime.now(UTC) + middleware.KEEP_EVENTS + timedelta(minutes=1)
+    async with running_app.deps.database.uow() as uow:
+        assert await uow.events.prune(later) == 1
+        await uow.commit()

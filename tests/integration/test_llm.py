@@ -16,8 +16,12 @@ from pydantic import SecretStr
 from bot.domain.grounding import Facts, FactsBuilder
 from bot.domain.money import Money
 from bot.services.wording import LLMUnavailable, Wording, build_prompt, token_estimate, word
+from integrations.http import RetryPolicy
 from integrations.llm import OpenAILLMClient
 from tests.support.fake_openai import FakeOpenAI, Step, closed_port_url, running_fake_openai
+
+NO_RETRY = RetryPolicy(max_attempts=1)
+QUICK_RETRY = RetryPolicy(max_attempts=3, backoff_base=0.01, backoff_max=0.05, max_retry_after=0.1)
 
 API_KEY = "sk-test-FAKEKEY0123456789abcdefSECRET"
 DETERMINISTIC = "Invoice in_1MtHbELkdIwHu7ixl4OzzPMv rose from $1,000.00 to $1,250.50."
@@ -37,9 +41,9 @@ async def fake_openai() -> AsyncIterator[FakeOpenAI]:
 
 @pytest.fixture
 async def llm(fake_openai: FakeOpenAI) -> AsyncIterator[OpenAILLMClient]:
-    """A real client pointed at the fake server, without SDK retries so tests stay quick."""
+    """A real client pointed at the fake server, without retries so tests stay quick."""
     client = OpenAILLMClient(
-        API_KEY, base_url=fake_openai.base_url, model="fake-model", max_retries=0
+        API_KEY, base_url=fake_openai.base_url, model="fake-model", policy=NO_RETRY
     )
     yield client
     await client.aclose()
@@ -206,7 +210,7 @@ async def test_server_failures_fall_back_to_standard_text(
 
 async def test_server_down_falls_back() -> None:
     """With nothing listening at OPENAI_BASE_URL, the standard text is shown."""
-    client = OpenAILLMClient(API_KEY, base_url=closed_port_url(), model="m", max_retries=0)
+    client = OpenAILLMClient(API_KEY, base_url=closed_port_url(), model="m", policy=NO_RETRY)
     try:
         result = await _word(client)
     finally:
@@ -218,7 +222,7 @@ async def test_server_down_falls_back() -> None:
 async def test_slow_server_falls_back_within_the_deadline(fake_openai: FakeOpenAI) -> None:
     """A server slower than the deadline does not hold the answer up: standard text comes back."""
     fake_openai.delay = 5.0
-    client = OpenAILLMClient(API_KEY, base_url=fake_openai.base_url, model="m", max_retries=2)
+    client = OpenAILLMClient(API_KEY, base_url=fake_openai.base_url, model="m", policy=QUICK_RETRY)
     try:
         result = await _word(client, deadline=0.5)
     finally:
@@ -227,11 +231,24 @@ async def test_slow_server_falls_back_within_the_deadline(fake_openai: FakeOpenA
     assert result.note == "AI wording unavailable (timed out); showing the standard text"
 
 
-async def test_sdk_retry_recovers_from_one_server_error(fake_openai: FakeOpenAI) -> None:
+async def test_the_shared_policy_retries_one_server_error(fake_openai: FakeOpenAI) -> None:
     """A single 503 is retried by the client and the AI wording still arrives."""
     fake_openai.reply = GOOD_REPLY
     fake_openai.script(Step(status=503, headers={"Retry-After": "0"}))
-    client = OpenAILLMClient(API_KEY, base_url=fake_openai.base_url, model="m", max_retries=1)
+    client = OpenAILLMClient(API_KEY, base_url=fake_openai.base_url, model="m", policy=QUICK_RETRY)
+    try:
+        result = await _word(client)
+    finally:
+        await client.aclose()
+    assert result.source == "llm"
+    assert len(fake_openai.requests) == 2
+
+
+async def test_rate_limits_are_retried_after_the_servers_hint(fake_openai: FakeOpenAI) -> None:
+    """A 429 with Retry-After is retried (honouring the hint) and the AI wording arrives."""
+    fake_openai.reply = GOOD_REPLY
+    fake_openai.script(Step(status=429, headers={"Retry-After": "0"}))
+    client = OpenAILLMClient(API_KEY, base_url=fake_openai.base_url, model="m", policy=QUICK_RETRY)
     try:
         result = await _word(client)
     finally:
