@@ -95,6 +95,7 @@ EMOJI = {
     "warning": "⚠", "x": "✗", "construction": "🚧", "hourglass_flowing_sand": "⏳",
     "large_green_circle": "●", "large_blue_circle": "●", "red_circle": "●", "white_circle": "○",
     "rotating_light": "🚨", "white_check_mark": "✓", "robot_face": "🤖", "memo": "📝",
+    "lock": "🔒", "mag": "🔍", "moneybag": "💰", "information_source": "ℹ",
 }  # fmt: skip
 _EMOJI_RE = re.compile(r":([a-z0-9_+\-]+):")
 
