@@ -838,7 +838,8 @@ class LocalSlack:
         self.ephemerals.append(message)
         return {"ok": True, "message_ts": message.ts}
 
-    def _chat_update(self, args: dict[str, Any]) -> dict[str, Any]:
+    def _own_message(self, args: dict[str, Any], refusal: str) -> SlackMessage | dict[str, Any]:
+        """The bot's stored message that `args` (channel, ts) points at, or Slack's error."""
         channel, ts = args.get("channel"), args.get("ts")
         if not channel or not isinstance(channel, str):
             return _error("channel_not_found")
@@ -846,7 +847,13 @@ class LocalSlack:
         if message is None:
             return _error("message_not_found")
         if message.user != self.bot_user_id:
-            return _error("cant_update_message")
+            return _error(refusal)
+        return message
+
+    def _chat_update(self, args: dict[str, Any]) -> dict[str, Any]:
+        message = self._own_message(args, "cant_update_message")
+        if isinstance(message, dict):
+            return message
         if args.get("text") is None and args.get("blocks") is None:
             return _error("no_text")
         problem = self._check_message(args, require_content=False)
@@ -867,14 +874,9 @@ class LocalSlack:
         }
 
     def _chat_delete(self, args: dict[str, Any]) -> dict[str, Any]:
-        channel, ts = args.get("channel"), args.get("ts")
-        if not channel or not isinstance(channel, str):
-            return _error("channel_not_found")
-        message = self.find_message(self._channel_for(channel), str(ts)) if ts else None
-        if message is None:
-            return _error("message_not_found")
-        if message.user != self.bot_user_id:
-            return _error("cant_delete_message")
+        message = self._own_message(args, "cant_delete_message")
+        if isinstance(message, dict):
+            return message
         self.messages.remove(message)
         return {"ok": True, "channel": message.channel, "ts": message.ts}
 
