@@ -7,7 +7,7 @@ billing stories.
 
 from __future__ import annotations
 
-from integrations.sandbox.stories import Story
+from integrations.sandbox.stories import Story, stories_of
 from integrations.sandbox.world import (
     MetronomeData,
     OrbData,
@@ -25,4 +25,5 @@ __all__ = [
     "Story",
     "StripeData",
     "build_world",
+    "stories_of",
 ]

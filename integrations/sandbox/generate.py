@@ -18,10 +18,8 @@ from calendar import monthrange
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import TYPE_CHECKING
 
-from integrations.sandbox.stories import spec_for
-from integrations.sandbox.world import (
+from integrations.sandbox.accounts import (
     STRIPE_PLATFORM_KEY,
     AccountBundle,
     IdCodec,
@@ -30,12 +28,11 @@ from integrations.sandbox.world import (
     OrbData,
     SandboxAccount,
     StripeData,
+    WorldIndex,
     b62,
     digest,
 )
-
-if TYPE_CHECKING:
-    from integrations.sandbox.world import SandboxWorld
+from integrations.sandbox.specs import spec_for
 
 PERIODS = 16  # invoiced monthly periods of history (about 16 months, > 400 days of usage)
 HOUR = timedelta(hours=1)
@@ -197,7 +194,7 @@ class Ids:
 class Model:
     """One account's billing facts before any provider renders them."""
 
-    world: SandboxWorld
+    world: WorldIndex
     account: SandboxAccount
     story: str | None
     rng: random.Random
@@ -268,7 +265,7 @@ def _level_last_period(model: Model, series: Series) -> None:
     series.refresh()
 
 
-def _model(world: SandboxWorld, acct: SandboxAccount) -> Model:
+def _model(world: WorldIndex, acct: SandboxAccount) -> Model:
     # Seeded synthetic data, not security: a plain PRNG is the point.
     rng = random.Random(f"{world.seed}:{acct.account_id}")  # noqa: S311
     rng.random()  # the index used the first draw to pick the billing provider
@@ -2413,7 +2410,7 @@ def _number(value: Decimal) -> int | float:
 # --- One account -----------------------------------------------------------------------------
 
 
-def build_account(world: SandboxWorld, acct: SandboxAccount) -> AccountBundle:
+def build_account(world: WorldIndex, acct: SandboxAccount) -> AccountBundle:
     """Generate all provider objects of one account."""
     model = _model(world, acct)
     stripe = StripeBook(model)

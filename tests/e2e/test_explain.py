@@ -42,6 +42,7 @@ from integrations.http import RetryPolicy
 from integrations.llm import OpenAILLMClient
 from integrations.sandbox.metronome_server import MetronomeSandboxServer
 from integrations.sandbox.orb_server import OrbSandboxServer
+from integrations.sandbox.stories import stories_of
 from integrations.sandbox.stripe_server import StripeSandboxServer
 from integrations.sandbox.world import SandboxWorld, build_world
 from tests.support.app import RunningApp, serve_app
@@ -146,7 +147,7 @@ async def run(running: RunningApp, text: str, key: str = "cmd") -> dict[str, Any
 
 def amount(key: str) -> str:
     """The planted story's amount as the bot shows it."""
-    story = next(s for s in small_world().stories if s.key == key)
+    story = next(s for s in stories_of(small_world()) if s.key == key)
     assert story.expected_amount is not None
     return Money(story.expected_amount, "usd").format()
 
@@ -312,7 +313,7 @@ async def test_a_given_invoice_is_explained(
     local_slack: LocalSlack, fake_providers: FakeProviders, tmp_path: Any
 ) -> None:
     """`explain ACCOUNT INVOICE_ID` explains that invoice against the one before it."""
-    story = next(s for s in small_world().stories if s.key == "tax_change")
+    story = next(s for s in stories_of(small_world()) if s.key == "tax_change")
     assert story.previous_invoice_id is not None
     async with served(local_slack, tmp_path, fake_providers) as app:
         final = await run(app, f"explain acct_soylent {story.previous_invoice_id}")

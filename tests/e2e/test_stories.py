@@ -19,7 +19,7 @@ from bot.localslack import LocalSlack
 from bot.services.explain import explain_account
 from bot.services.lookup import LookupService
 from integrations.sandbox.providers import sandbox_providers
-from integrations.sandbox.stories import STORY_SPECS, Story, proration_net
+from integrations.sandbox.stories import STORY_SPECS, Story, proration_net, stories_of
 from integrations.sandbox.world import SandboxWorld
 from tests.support.app import serve_app
 from tests.support.providers import FakeProviders, small_world
@@ -45,7 +45,7 @@ async def lookup() -> AsyncIterator[LookupService]:
 
 def story(key: str) -> Story:
     """The planted story with this key, read from the test world."""
-    return next(s for s in small_world().stories if s.key == key)
+    return next(s for s in stories_of(small_world()) if s.key == key)
 
 
 def top_finding(

@@ -15,15 +15,9 @@ from typing import Any
 
 import pytest
 
-from integrations.sandbox.stories import proration_net
-from integrations.sandbox.world import (
-    METRONOME_KINDS,
-    ORB_KINDS,
-    STRIPE_KINDS,
-    SandboxAccount,
-    SandboxWorld,
-    build_world,
-)
+from integrations.sandbox.accounts import METRONOME_KINDS, ORB_KINDS, STRIPE_KINDS
+from integrations.sandbox.stories import proration_net, stories_of
+from integrations.sandbox.world import SandboxAccount, SandboxWorld, build_world
 
 NOW = datetime(2026, 3, 15, tzinfo=UTC)
 STORY_KEYS = {
@@ -42,7 +36,7 @@ def world() -> SandboxWorld:
 
 
 def _story(world: SandboxWorld, key: str) -> Any:
-    return next(s for s in world.stories if s.key == key)
+    return next(s for s in stories_of(world) if s.key == key)
 
 
 def _sample(world: SandboxWorld) -> list[SandboxAccount]:
@@ -540,7 +534,7 @@ def test_stripe_ids_look_real(world: SandboxWorld) -> None:
 def test_every_story_is_planted_once(world: SandboxWorld) -> None:
     """Each story has its account, provider, one-line description and, where it shows on an
     invoice, the latest and previous invoice of that account."""
-    stories = world.stories
+    stories = stories_of(world)
     assert {s.key for s in stories} == STORY_KEYS
     assert len(stories) == len(STORY_KEYS)
     for story in stories:
