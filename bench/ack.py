@@ -26,7 +26,7 @@ from urllib.parse import urlencode
 import aiohttp
 from slack_sdk.signature import SignatureVerifier
 
-from bot.localslack import LocalSlack
+from integrations.sandbox.slack import LocalSlack
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "bench-signing-secret"

@@ -109,7 +109,7 @@ async def faults(fakes: FakeProviders, account: str) -> None:
 
 async def ack_under_load(fakes: FakeProviders, account: str, latency: float) -> None:
     """Budget 3: `/billing help` acks while 20 lookups at a time are running."""
-    from bot.localslack import LocalSlack
+    from integrations.sandbox.slack import LocalSlack
     from tests.support.slack import BOT_TOKEN
 
     fakes.set_latency(latency)

@@ -1,69 +1,30 @@
 """The composition root: `build_app(settings, *, overrides…)` wires settings, storage, providers,
 the LLM and the Slack listeners into one Bolt `AsyncApp`. Nothing connects at import time; the
-only place that imports handlers, integrations and storage together."""
+only place that imports handlers, integrations and storage together. The container it fills is
+`bot.deps.Deps`; handlers depend on that, never on this module."""
 
 from __future__ import annotations
 
 import logging
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.domain.ports import BillingProvider
-from bot.inflight import InFlight
+from bot.deps import Deps
+from bot.domain.ports import BillingProvider, LLMClient
 from bot.metrics import Metrics
 from bot.services.lookup import LookupService
 from bot.settings import Settings
 from bot.storage.db import Database
 from bot.storage.migrate import upgrade
+from handlers import register_all
+from handlers.middleware import KEEP_EVENTS
 
 log = logging.getLogger("bot.app")
-
-
-@dataclass
-class Observer:
-    """What the shell and `ask` want to know about a command's outcome (exit codes)."""
-
-    errors: list[BaseException] = field(default_factory=list)
-
-    def reset(self) -> None:
-        """Forget previous outcomes."""
-        self.errors.clear()
-
-
-@dataclass
-class Deps:
-    """Per-process dependencies, injected into every listener through `context["deps"]`."""
-
-    settings: Settings
-    database: Database
-    providers: Mapping[str, BillingProvider]
-    lookup: LookupService
-    llm: Any = None
-    inflight: InFlight = field(default_factory=InFlight)
-    metrics: Metrics = field(default_factory=Metrics)
-    observer: Observer = field(default_factory=Observer)
-    #: Set when the sandbox answers instead of real providers (shown in the UI).
-    sandbox: bool = False
-    #: Seconds the LLM may take before the deterministic wording is used.
-    llm_deadline: float = 8.0
-
-    async def aclose(self) -> None:
-        """Close provider clients, the LLM client and the database."""
-        for provider in self.providers.values():
-            try:
-                await provider.aclose()
-            except Exception:  # a failing close must not block the others
-                log.exception("closing provider failed", extra={"provider": provider.name})
-        if self.llm is not None and hasattr(self.llm, "aclose"):
-            await self.llm.aclose()
-        await self.database.dispose()
 
 
 _DEPS: weakref.WeakKeyDictionary[AsyncApp, Deps] = weakref.WeakKeyDictionary()
@@ -102,7 +63,7 @@ def build_providers(settings: Settings) -> tuple[dict[str, BillingProvider], boo
     return providers, False
 
 
-def build_llm(settings: Settings) -> Any:
+def build_llm(settings: Settings) -> LLMClient | None:
     """The LLM client when `OPENAI_API_KEY` is set, else None (deterministic wording)."""
     if settings.openai_api_key is None:
         return None
@@ -117,15 +78,13 @@ def build_app(
     settings: Settings,
     *,
     providers: Mapping[str, BillingProvider] | None = None,
-    llm: Any = None,
+    llm: LLMClient | None = None,
     database: Database | None = None,
     slack_client: AsyncWebClient | None = None,
     process_before_response: bool = True,
     sandbox: bool | None = None,
 ) -> AsyncApp:
     """Build the Bolt app with real adapters unless a test passes fakes."""
-    from handlers import register_all
-
     if providers is None:
         providers, is_sandbox = build_providers(settings)
     else:
@@ -175,8 +134,6 @@ def _provider_samples(
 
 async def startup(app: AsyncApp) -> None:
     """Run migrations unless `AUTO_MIGRATE=0`, then drop expired processed-event IDs."""
-    from handlers.middleware import KEEP_EVENTS
-
     deps = deps_of(app)
     if deps.settings.auto_migrate:
         await upgrade(deps.settings.database_url)

@@ -78,7 +78,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "serve":
         settings.require("http")
         from bot.app import build_app
-        from handlers.web import serve_forever
+        from bot.server import serve_forever
 
         port = args.port if args.port is not None else settings.port
         await serve_forever(build_app(settings), host=args.host, port=port)
@@ -86,17 +86,17 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "socket":
         settings.require("socket")
         from bot.app import build_app
-        from handlers.web import socket_forever
+        from bot.server import socket_forever
 
         assert settings.slack_app_token is not None
         await socket_forever(build_app(settings), settings.slack_app_token.get_secret_value())
         return 0
     if args.command == "shell":
-        from bot.shell import run_shell
+        from bot.console.shell import run_shell
 
         return await run_shell(settings, user_id=args.user)
     if args.command == "ask":
-        from bot.shell import run_ask
+        from bot.console.shell import run_ask
 
         return await run_ask(settings, " ".join(args.text), user_id=args.user)
     if args.command == "scan":

@@ -112,3 +112,15 @@ class ProviderRequestError(ProviderError):
     """Other 4xx: the provider rejected our request."""
 
     code = "provider_request"
+
+
+class LLMUnavailable(BotError):
+    """The LLM could not produce a reply; `reason` is short, fixed text safe to show and log.
+
+    Never shown as an error: the deterministic wording is used instead, with a note."""
+
+    code = "llm_unavailable"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"AI wording unavailable ({reason})")
+        self.reason = reason

@@ -1,22 +1,19 @@
-"""The Slack edge: listeners, middleware, Block Kit views and the one error handler.
+"""The Slack edge: listeners, middleware, Block Kit views, the web routes and the one error
+handler.
 
 Each feature module has `register(app, deps)`; `register_all` wires them in order.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from slack_bolt.async_app import AsyncApp
 
-if TYPE_CHECKING:
-    from slack_bolt.async_app import AsyncApp
-
-    from bot.app import Deps
+from bot.deps import Deps
+from handlers import commands, errors, explain, mentions, middleware
 
 
 def register_all(app: AsyncApp, deps: Deps) -> None:
     """Register middleware, listeners and the error handler on `app`."""
-    from handlers import commands, errors, explain, mentions, middleware
-
     middleware.register(app, deps)
     commands.register(app, deps)
     explain.register(app, deps)

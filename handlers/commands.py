@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.deps import Deps
 from bot.domain.commands import parse_command
 from bot.errors import BotError
 from handlers import views
 from handlers.dispatch import answer, quick_answer
 from handlers.errors import after_ack, note
-
-if TYPE_CHECKING:
-    from bot.app import Deps
 
 log = logging.getLogger("handlers.commands")
 

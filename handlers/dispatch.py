@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
+from bot.deps import Deps
 from bot.domain.commands import (
     AlertsCommand,
     Command,
@@ -20,9 +20,6 @@ from bot.domain.commands import (
 from handlers import views
 from handlers.account_views import snapshot_reply
 from handlers.explain import draft_reply_for, explain_reply
-
-if TYPE_CHECKING:
-    from bot.app import Deps
 
 Progress = Callable[[views.Reply], Awaitable[None]]
 

@@ -7,16 +7,14 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from slack_bolt.async_app import AsyncApp, AsyncRespond
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.deps import Deps
 from bot.errors import BotError, ProviderError
 from handlers import views
-
-if TYPE_CHECKING:
-    from bot.app import Deps
 
 log = logging.getLogger("handlers.errors")
 

@@ -5,11 +5,12 @@ button. The commands are answered through `handlers.dispatch.answer`, which call
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.deps import Deps
 from bot.domain.commands import DraftCommand, ExplainCommand, parse_command
 from bot.errors import UsageError
 from bot.services.explain import draft_reply, explain_account
@@ -20,9 +21,6 @@ from handlers.explain_views import (
     draft_view,
     explanation_view,
 )
-
-if TYPE_CHECKING:
-    from bot.app import Deps
 
 # Same shape as `handlers.dispatch.Progress` (not imported: dispatch imports this module).
 Progress = Callable[[views.Reply], Awaitable[None]]

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from slack_bolt.async_app import AsyncApp, AsyncSay
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.deps import Deps
 from bot.domain.commands import DraftCommand, parse_mention
 from handlers.dispatch import answer, quick_answer
 from handlers.errors import after_ack
-
-if TYPE_CHECKING:
-    from bot.app import Deps
 
 
 def register(app: AsyncApp, deps: Deps) -> None:

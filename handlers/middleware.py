@@ -6,13 +6,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.response import BoltResponse
 
-if TYPE_CHECKING:
-    from bot.app import Deps
+from bot.deps import Deps
 
 log = logging.getLogger("handlers.middleware")
 

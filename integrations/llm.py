@@ -14,7 +14,8 @@ import httpx
 import openai
 from pydantic import SecretStr
 
-from bot.services.wording import LLMUnavailable, token_estimate
+from bot.domain.tokens import token_estimate
+from bot.errors import LLMUnavailable
 from integrations.http import RetryPolicy, Transient, call_with_policy
 
 __all__ = ["LLMUnavailable", "OpenAILLMClient", "token_estimate"]

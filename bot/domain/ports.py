@@ -26,3 +26,20 @@ class BillingProvider(Protocol):
     async def aclose(self) -> None:
         """Release connections."""
         ...
+
+
+class LLMClient(Protocol):
+    """A chat model that turns a system and a user prompt into text. No tools, ever."""
+
+    # ASYNC109: `timeout` is part of the port on purpose: the adapter hands it to the HTTP layer
+    # per request, and callers still bound the whole call with `asyncio.timeout`.
+    async def complete(
+        self,
+        *,
+        system: str,
+        user: str,
+        max_tokens: int,
+        timeout: float,  # noqa: ASYNC109
+    ) -> str:
+        """The model's reply text; raises `LLMUnavailable` on any failure."""
+        ...

@@ -135,3 +135,25 @@ class UnitOfWork(Protocol):
 
 #: Makes a fresh unit of work; one per use case, never shared between tasks.
 UnitOfWorkFactory = Callable[[], UnitOfWork]
+
+
+class Store(Protocol):
+    """The database as the application sees it: units of work, a health check, shutdown."""
+
+    @property
+    def dialect(self) -> str:
+        """`sqlite` or `postgresql`."""
+        ...
+
+    def uow(self) -> UnitOfWork:
+        """A fresh unit of work (one per use case, never shared between tasks)."""
+        ...
+
+    # The timeout is part of the contract (/healthz must answer quickly), hence the parameter.
+    async def ping(self, timeout: float = 2.0) -> bool:  # noqa: ASYNC109
+        """True when the database answers within `timeout` seconds; never raises."""
+        ...
+
+    async def dispose(self) -> None:
+        """Close every pooled connection."""
+        ...

@@ -12,16 +12,19 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import math
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 from bot.domain.grounding import Facts, check_grounding, check_promises
+from bot.domain.ports import LLMClient
 from bot.domain.redact import quote, redact
-from bot.errors import BotError
+from bot.domain.tokens import token_estimate
+from bot.errors import LLMUnavailable
+
+__all__ = ["LLMClient", "LLMUnavailable", "Prompt", "Wording", "token_estimate", "word"]
 
 log = logging.getLogger("bot.llm")
 
@@ -33,33 +36,6 @@ MAX_REPLY_TOKENS: dict[Kind, int] = {"explain": 400, "draft": 700}
 #: Longest reply we accept; a Slack section holds 3,000 characters.
 MAX_REPLY_CHARS = 2800
 MAX_FACT_LINE_CHARS = 400
-
-
-class LLMUnavailable(BotError):
-    """The LLM could not produce a reply; `reason` is short, fixed text safe to show and log."""
-
-    code = "llm_unavailable"
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"AI wording unavailable ({reason})")
-        self.reason = reason
-
-
-class LLMClient(Protocol):
-    """Port: a chat model that turns a system and a user prompt into text. No tools."""
-
-    # ASYNC109: `timeout` is part of the port on purpose: the adapter hands it to the HTTP layer
-    # per request, and callers still bound the whole call with `asyncio.timeout`.
-    async def complete(
-        self,
-        *,
-        system: str,
-        user: str,
-        max_tokens: int,
-        timeout: float,  # noqa: ASYNC109
-    ) -> str:
-        """The model's reply text; raises `LLMUnavailable` on any failure."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,35 +55,6 @@ class Prompt:
     user: str
     tokens: int
     omitted: int
-
-
-_PIECE_RE = re.compile(r"[A-Za-z]+|\d+|\s+|.", re.DOTALL)
-
-
-def token_estimate(text: str) -> int:
-    """Estimated tokens of `text` for GPT-style BPE tokenizers (cl100k/o200k), erring high.
-
-    The estimate mirrors how those tokenizers pre-split text, since no token crosses those splits:
-    digits go in groups of at most 3 (`1,234.56` is 6 tokens, so chars/4 would badly undercount
-    a number-heavy fact sheet); each punctuation mark counts 1 and each non-ASCII character 2;
-    a lowercase or Capitalised word counts one token per 4 letters, rounded up (common English
-    words are one token); other letter runs (IDs, acronyms) one per 2 letters; a single space is
-    free (it joins the next word) and any other whitespace run counts 1. A real tokenizer
-    (tiktoken) is not used: it downloads its vocabulary at run time and our machines are offline.
-    """
-    total = 0
-    for piece in _PIECE_RE.findall(text):
-        first = piece[0]
-        if first.isspace():
-            total += 0 if piece == " " else 1
-        elif first.isascii() and first.isalpha():
-            plain = piece.islower() or (piece[0].isupper() and piece[1:].islower())
-            total += math.ceil(len(piece) / (4 if plain or len(piece) == 1 else 2))
-        elif first.isdigit() and first.isascii():
-            total += math.ceil(len(piece) / 3)
-        else:
-            total += 1 if first.isascii() else 2
-    return total
 
 
 @functools.cache

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from bot.domain.models import AccountRef, BillingSnapshot
-from bot.localslack import LocalSlack
+from integrations.sandbox.slack import LocalSlack
 from tests.support.app import serve_app
 
 

@@ -29,7 +29,6 @@ from bot.domain.models import (
     ProviderSnapshot,
 )
 from bot.domain.money import Money
-from bot.localslack import LocalSlack, validate_blocks
 from bot.services.explain import draft_reply, explain_account
 from handlers.explain_views import (
     AI_LABEL,
@@ -42,6 +41,7 @@ from integrations.http import RetryPolicy
 from integrations.llm import OpenAILLMClient
 from integrations.sandbox.metronome_server import MetronomeSandboxServer
 from integrations.sandbox.orb_server import OrbSandboxServer
+from integrations.sandbox.slack import LocalSlack, validate_blocks
 from integrations.sandbox.stories import stories_of
 from integrations.sandbox.stripe_server import StripeSandboxServer
 from integrations.sandbox.world import SandboxWorld, build_world

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bot.localslack import LocalSlack
+from integrations.sandbox.slack import LocalSlack
 from tests.support.app import RunningApp, serve_app, wait_until
 from tests.support.slack import (
     FORM,

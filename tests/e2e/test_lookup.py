@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from bot.localslack import LocalSlack
+from integrations.sandbox.slack import LocalSlack
 from tests.support.app import RunningApp, serve_app
 from tests.support.fakeserver import Fault
 from tests.support.providers import FakeProviders

@@ -8,8 +8,8 @@ import functools
 import pytest
 
 from bot.app import build_app
+from bot.console.shell import LocalSession, run_ask, run_shell
 from bot.settings import Settings
-from bot.shell import LocalSession, run_ask, run_shell
 
 
 def _settings() -> Settings:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from bot.app import build_app
+from bot.console.shell import LocalSession
 from bot.settings import Settings
-from bot.shell import LocalSession
 from integrations.sandbox.providers import sandbox_providers
 from tests.support.providers import small_world
 

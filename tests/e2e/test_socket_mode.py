@@ -15,10 +15,11 @@ from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.app import Deps, build_app, deps_of
-from bot.localslack import LocalSlack
+from bot.app import build_app, deps_of
+from bot.deps import Deps
+from bot.server import SocketModeRunner
 from bot.settings import Settings
-from handlers.web import SocketModeRunner
+from integrations.sandbox.slack import LocalSlack
 from tests.support.app import wait_until
 from tests.support.slack import BOT_TOKEN, app_mention
 from tests.support.socket_mode import (

@@ -15,10 +15,10 @@ from bot.domain.findings import Finding, FindingKind
 from bot.domain.identifiers import classify_account
 from bot.domain.money import Money
 from bot.domain.ports import BillingProvider
-from bot.localslack import LocalSlack
 from bot.services.explain import explain_account
 from bot.services.lookup import LookupService
 from integrations.sandbox.providers import sandbox_providers
+from integrations.sandbox.slack import LocalSlack
 from integrations.sandbox.stories import STORY_SPECS, Story, proration_net, stories_of
 from integrations.sandbox.world import SandboxWorld
 from tests.support.app import serve_app

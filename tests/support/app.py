@@ -15,11 +15,12 @@ import pytest_asyncio
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.app import Deps, build_app, deps_of
+from bot.app import build_app, deps_of
+from bot.deps import Deps
 from bot.domain.ports import BillingProvider
-from bot.localslack import LocalSlack
+from bot.server import HttpServer
 from bot.settings import Settings
-from handlers.web import HttpServer
+from integrations.sandbox.slack import LocalSlack
 from tests.support.slack import (
     BOT_TOKEN,
     FORM,

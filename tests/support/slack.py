@@ -1,6 +1,6 @@
 """Slack test helpers (a pytest plugin): signed request headers, request bodies shaped like the
 ones Slack sends (slash commands, events, button clicks, modal submissions), and a `local_slack`
-fixture, a started `bot.localslack.LocalSlack` that answers the bot's Web API calls.
+fixture, a started `integrations.sandbox.slack.LocalSlack` that answers the bot's Web API calls.
 
 Bodies follow Slack's wire formats (notes/slack.md §6 and §14): slash commands form-encoded,
 interactivity as `payload=<url-encoded JSON>`, events as raw JSON.
@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 import pytest_asyncio
 from slack_sdk.signature import SignatureVerifier
 
-from bot.localslack import LocalSlack
+from integrations.sandbox.slack import LocalSlack
 
 SIGNING_SECRET = "test-signing-secret"
 BOT_TOKEN = "xoxb-test-0000"

@@ -1,4 +1,4 @@
-"""bot.render: Block Kit and Slack markup shown as terminal text."""
+"""bot.console.render: Block Kit and Slack markup shown as terminal text."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ from typing import Any
 
 import pytest
 
-from bot.localslack import SlackCall
-from bot.render import (
+from bot.console.render import (
     button_refs,
     buttons,
     describe_call,
@@ -16,6 +15,7 @@ from bot.render import (
     render_message,
     render_view,
 )
+from integrations.sandbox.slack import SlackCall
 
 
 def _mrkdwn(text: str) -> dict[str, Any]:

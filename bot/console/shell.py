@@ -23,10 +23,10 @@ from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.app import build_app, deps_of, shutdown, startup
+from bot.console.render import buttons, describe_call, render_message, render_view
 from bot.errors import BotError
-from bot.localslack import LocalSlack, SlackCall
-from bot.render import buttons, describe_call, render_message, render_view
 from bot.settings import Settings
+from integrations.sandbox.slack import LocalSlack, SlackCall
 
 SHELL_CHANNEL = "C0LOCALSHELL"
 DEFAULT_USER = "U0LOCALUSER"

@@ -1,5 +1,6 @@
-"""bot.localslack over real HTTP on 127.0.0.1, driven by slack_sdk's AsyncWebClient (as the bot
-does), httpx for response_url posts, and a small Bolt app using the tests/support/slack helpers."""
+"""The fake Slack Web API (integrations.sandbox.slack) over real HTTP on 127.0.0.1, driven by
+slack_sdk's AsyncWebClient (as the bot does), httpx for response_url posts, and a small Bolt app
+using the tests/support/slack helpers."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
-from bot.localslack import LocalSlack, SlackCall, validate_blocks, validate_view
+from integrations.sandbox.slack import LocalSlack, SlackCall, validate_blocks, validate_view
 from tests.support.slack import (
     BOT_TOKEN,
     SIGNING_SECRET,

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from bot.localslack import SlackCall
+from integrations.sandbox.slack import SlackCall
 
 __all__ = [
     "ButtonRef",
