@@ -17,11 +17,13 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.deps import Deps
 from bot.domain.ports import BillingProvider, LLMClient
 from bot.metrics import Metrics
+from bot.services.jobs import Scheduler, replica_id
 from bot.services.lookup import LookupService
 from bot.settings import Settings
 from bot.storage.db import Database
 from bot.storage.migrate import upgrade
 from handlers import register_all
+from handlers.delivery import Delivery
 from handlers.middleware import KEEP_EVENTS
 
 log = logging.getLogger("bot.app")
@@ -104,12 +106,15 @@ def build_app(
         raise_error_for_unhandled_request=False,
     )
     metrics = Metrics()
+    holder = replica_id()
     deps = Deps(
         settings=settings,
         database=db,
         providers=providers,
         lookup=LookupService(providers, database=db),
         llm=llm,
+        delivery=Delivery(db, slack_client, metrics=metrics, holder=holder),
+        scheduler=Scheduler(db, holder=holder),
         metrics=metrics,
         sandbox=is_sandbox,
     )
@@ -132,8 +137,10 @@ def _provider_samples(
     return samples
 
 
-async def startup(app: AsyncApp) -> None:
-    """Run migrations unless `AUTO_MIGRATE=0`, then drop expired processed-event IDs."""
+async def startup(app: AsyncApp, *, background: bool = True) -> None:
+    """Run migrations unless `AUTO_MIGRATE=0`, drop expired processed-event IDs, then (unless
+    `background=False`, as in the shell, which delivers and runs jobs on demand) start the outbox
+    worker and the periodic jobs."""
     deps = deps_of(app)
     if deps.settings.auto_migrate:
         await upgrade(deps.settings.database_url)
@@ -143,11 +150,25 @@ async def startup(app: AsyncApp) -> None:
             await uow.commit()
     except Exception:  # a database that is down at start shows in /healthz, not here
         log.warning("could not prune processed events at start", exc_info=True)
+    if background:
+        if isinstance(deps.delivery, Delivery):
+            await deps.delivery.start()
+        if deps.scheduler is not None:
+            await deps.scheduler.start()
 
 
 async def shutdown(app: AsyncApp, *, drain_timeout: float = 10.0) -> None:
-    """Let running listener work finish (bounded), then close every client."""
+    """Stop the periodic jobs (releasing their leases), let running listener work finish
+    (bounded), deliver what it enqueued, then close every client."""
     deps = deps_of(app)
+    if deps.scheduler is not None:
+        await deps.scheduler.stop(timeout=drain_timeout)
     if not await deps.inflight.wait_idle(drain_timeout):
         log.warning("shutdown with work still running", extra={"running": deps.inflight.count})
+    if isinstance(deps.delivery, Delivery):
+        await deps.delivery.stop()
+        try:
+            await deps.delivery.drain(timeout=min(5.0, drain_timeout))
+        except Exception:  # undelivered entries stay in the outbox for the next start
+            log.warning("could not deliver the last messages at shutdown", exc_info=True)
     await deps.aclose()

@@ -8,10 +8,11 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from bot.domain.ports import BillingProvider, LLMClient
+from bot.domain.ports import BillingProvider, LLMClient, MessageDelivery
 from bot.domain.records import Store
 from bot.inflight import InFlight
 from bot.metrics import Metrics
+from bot.services.jobs import Scheduler
 from bot.services.lookup import LookupService
 from bot.settings import Settings
 
@@ -49,6 +50,10 @@ class Deps:
     providers: Mapping[str, BillingProvider]
     lookup: LookupService
     llm: LLMClient | None = None
+    #: The outbox worker (None only in tests that build a bare container).
+    delivery: MessageDelivery | None = None
+    #: Periodic jobs (reconciler, expiry, scans, reports) run inside `serve` and `socket`.
+    scheduler: Scheduler | None = None
     inflight: InFlight = field(default_factory=InFlight)
     metrics: Metrics = field(default_factory=Metrics)
     observer: Observer = field(default_factory=Observer)

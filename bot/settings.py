@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     oncall_channel: str | None = None
     finance_approvers: str = ""
     requesters: str = ""
+    viewers: str = ""
     dual_approval_above: Decimal = Decimal("1000")
     request_ttl_hours: int = 48
 
@@ -55,6 +56,15 @@ class Settings(BaseSettings):
     openai_base_url: str | None = None
     openai_model: str = "gpt-4o-mini"
 
+    zendesk_subdomain: str | None = None
+    zendesk_api_base: str | None = None
+    zendesk_email: str | None = None
+    zendesk_api_token: SecretStr | None = None
+    zendesk_webhook_secret: SecretStr | None = None
+    zendesk_account_field: str | None = None
+    triage_channel: str | None = None
+    report_channel: str | None = None
+
     database_url: str = "sqlite+aiosqlite:///billing-triage.db"
     sandbox: bool | None = None
     auto_migrate: bool = True
@@ -66,7 +76,8 @@ class Settings(BaseSettings):
     @field_validator(
         "slack_bot_token", "slack_signing_secret", "slack_app_token", "stripe_api_key",
         "stripe_webhook_secret", "orb_api_key", "orb_webhook_secret", "metronome_api_key",
-        "metronome_webhook_secret", "openai_api_key", mode="before",
+        "metronome_webhook_secret", "openai_api_key", "zendesk_api_token", "zendesk_webhook_secret",
+        mode="before",
     )  # fmt: skip
     @classmethod
     def _blank_secret_is_unset(cls, value: Any) -> Any:
@@ -75,8 +86,10 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "finance_channel", "oncall_channel", "openai_base_url", "sandbox", mode="before"
-    )
+        "finance_channel", "oncall_channel", "triage_channel", "report_channel",
+        "openai_base_url", "sandbox", "zendesk_subdomain", "zendesk_api_base", "zendesk_email",
+        "zendesk_account_field", mode="before",
+    )  # fmt: skip
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():
@@ -108,14 +121,14 @@ class Settings(BaseSettings):
             raise ValueError("must be 0 (off) or a positive number of minutes")
         return value
 
-    @field_validator("finance_channel", "oncall_channel")
+    @field_validator("finance_channel", "oncall_channel", "triage_channel", "report_channel")
     @classmethod
     def _channel(cls, value: str | None) -> str | None:
         if value is not None and not CHANNEL_RE.match(value.strip()):
             raise ValueError(f"must be a Slack channel ID like C0123ABCD, got {value!r}")
         return value.strip() if value else value
 
-    @field_validator("finance_approvers", "requesters")
+    @field_validator("finance_approvers", "requesters", "viewers")
     @classmethod
     def _principals(cls, value: str) -> str:
         bad = [p for p in _split(value) if not PRINCIPAL_RE.match(p)]
@@ -125,6 +138,13 @@ class Settings(BaseSettings):
                 f"not valid: {', '.join(bad)}"
             )
         return value
+
+    @field_validator("zendesk_subdomain")
+    @classmethod
+    def _subdomain(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[a-z0-9][a-z0-9\-]{0,62}$", value.strip()):
+            raise ValueError(f"must be a Zendesk subdomain like acme, got {value!r}")
+        return value.strip() if value else value
 
     @field_validator("billing_command")
     @classmethod
@@ -149,7 +169,12 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "slack_api_url", "stripe_api_base", "orb_api_base", "metronome_api_base", "openai_base_url"
+        "slack_api_url",
+        "stripe_api_base",
+        "orb_api_base",
+        "metronome_api_base",
+        "openai_base_url",
+        "zendesk_api_base",
     )
     @classmethod
     def _url(cls, value: str | None) -> str | None:
@@ -181,6 +206,25 @@ class Settings(BaseSettings):
     def requester_set(self) -> frozenset[str]:
         """REQUESTERS as a set; empty means everyone."""
         return frozenset(_split(self.requesters))
+
+    @property
+    def viewer_set(self) -> frozenset[str]:
+        """VIEWERS as a set; empty means everyone in the workspace."""
+        return frozenset(_split(self.viewers))
+
+    @property
+    def zendesk_enabled(self) -> bool:
+        """True when a Zendesk API token is set (else the sandbox serves its own tickets)."""
+        return self.zendesk_api_token is not None
+
+    @property
+    def zendesk_base(self) -> str | None:
+        """The Zendesk instance: ZENDESK_API_BASE, else https://{ZENDESK_SUBDOMAIN}.zendesk.com."""
+        if self.zendesk_api_base:
+            return self.zendesk_api_base.rstrip("/")
+        if self.zendesk_subdomain:
+            return f"https://{self.zendesk_subdomain}.zendesk.com"
+        return None
 
     @property
     def enabled_providers(self) -> tuple[str, ...]:
@@ -220,6 +264,13 @@ class Settings(BaseSettings):
             app_token = self.slack_app_token
             if app_token is not None and not app_token.get_secret_value().startswith("xapp-"):
                 problems.append("SLACK_APP_TOKEN must be an app-level token starting with xapp-.")
+        if self.zendesk_enabled:
+            if not self.zendesk_email:
+                problems.append("ZENDESK_EMAIL is required with ZENDESK_API_TOKEN (token auth).")
+            if self.zendesk_base is None:
+                problems.append(
+                    "ZENDESK_SUBDOMAIN or ZENDESK_API_BASE is required with ZENDESK_API_TOKEN."
+                )
         if problems:
             raise ConfigError("\n".join(problems))
 

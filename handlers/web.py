@@ -33,9 +33,20 @@ def build_web_app(app: AsyncApp, deps: Deps) -> web.Application:
             deps.metrics.inc("billing_triage_slack_requests_total", status=str(response.status))
         return response
 
-    async def healthz(_request: web.Request) -> web.Response:
+    async def healthz(request: web.Request) -> web.Response:
+        # Exactly {"ok": true} while all is well (the contract); Slack deliveries that failed
+        # for good are added when there are any, and always with ?verbose=1.
         ok = await deps.database.ping()
-        return web.json_response({"ok": ok}, status=200 if ok else 503)
+        body: dict[str, object] = {"ok": ok}
+        if ok and deps.delivery is not None:
+            try:
+                delivery = await deps.delivery.health()
+            except Exception:  # health details must never turn a healthy answer into an error
+                log.warning("could not read the outbox for /healthz", exc_info=True)
+            else:
+                if delivery.get("failed") or request.query.get("verbose") in ("1", "true"):
+                    body["slack_delivery"] = delivery
+        return web.json_response(body, status=200 if ok else 503)
 
     async def metrics(_request: web.Request) -> web.Response:
         return web.Response(text=deps.metrics.render(), content_type="text/plain", charset="utf-8")

@@ -73,7 +73,7 @@ class LocalSession:
         client = AsyncWebClient(token=self.slack.token, base_url=self.slack.base_url)
         try:
             self.app = self._build(settings, slack_client=client, **self._overrides)
-            await startup(self.app)
+            await startup(self.app, background=False)
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
@@ -101,8 +101,18 @@ class LocalSession:
         start = len(self.slack.calls)
         request = AsyncBoltRequest(body=body, headers=self._signed(body, content_type))
         response = await self.app.async_dispatch(request)
-        await deps.inflight.wait_idle(WAIT_SECONDS)
+        await self.settle()
         return response, list(self.slack.calls[start:])
+
+    async def settle(self) -> None:
+        """Wait for the listeners' work, then deliver what they put in the outbox (twice: a
+        delivery can lead to more work, e.g. a renderer that enqueues a follow-up)."""
+        assert self.app is not None
+        deps = deps_of(self.app)
+        for _ in range(2):
+            await deps.inflight.wait_idle(WAIT_SECONDS)
+            if deps.delivery is not None:
+                await deps.delivery.drain(WAIT_SECONDS)
 
     async def command(self, text: str) -> Outcome:
         """Run `/billing TEXT` as the current user."""

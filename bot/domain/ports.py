@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from bot.domain.identifiers import IdentifierKind
 from bot.domain.models import CustomerRecord, ProviderName, ProviderSnapshot
+from bot.domain.records import DigestRenderer, MessageRenderer
 
 
 class BillingProvider(Protocol):
@@ -42,4 +43,32 @@ class LLMClient(Protocol):
         timeout: float,  # noqa: ASYNC109
     ) -> str:
         """The model's reply text; raises `LLMUnavailable` on any failure."""
+        ...
+
+
+class MessageDelivery(Protocol):
+    """The outbox worker as the rest of the app sees it (the Slack edge implements it).
+
+    Services enqueue `OutgoingMessage`s with `uow.outbox.enqueue` in the transaction that makes
+    the state change, then call `wake()`; feature modules register the renderers that turn an
+    entry's payload into blocks at delivery time."""
+
+    def register_renderer(self, name: str, render: MessageRenderer) -> None:
+        """Build messages whose entry names `render=name`."""
+        ...
+
+    def register_digest(self, prefix: str, render: DigestRenderer, *, min_batch: int = 3) -> None:
+        """Merge `min_batch` or more due entries whose `digest_key` starts with `prefix`."""
+        ...
+
+    async def health(self) -> dict[str, Any]:
+        """Counts by status and the latest permanent failures, for /healthz."""
+        ...
+
+    def wake(self) -> None:
+        """Something was enqueued: deliver soon instead of at the next poll."""
+        ...
+
+    async def drain(self, timeout: float = 10.0) -> bool:  # noqa: ASYNC109 - a bounded wait
+        """Deliver everything due now; False if `timeout` passed first."""
         ...

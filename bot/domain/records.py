@@ -13,11 +13,11 @@ Usage (the service layer commits; anything not committed is rolled back on exit)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Literal, Protocol, Self
 
 
 def _empty_detail() -> Mapping[str, Any]:
@@ -50,6 +50,152 @@ class AccountLink:
     provider: str
     customer_id: str
     updated_at: datetime
+
+
+#: What an outbox entry asks of Slack: post a message in a channel, update a message posted
+#: earlier (found by its `ref`), or post a direct message to a user.
+DeliveryOp = Literal["post", "update", "dm"]
+
+
+def _empty_payload() -> Mapping[str, Any]:
+    return {}
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """A Slack message to deliver durably, enqueued in the same transaction as the state change
+    it announces (an approval request, a decision, an alert), delivered by the outbox worker.
+
+    - `key`: unique per delivery; enqueuing the same key twice stores it once.
+    - `ref`: names the message for later updates (`post` stores its `ts` under `ref`; `update`
+      edits the message posted under `ref`). Entries with the same `ref` go out in order.
+    - `render` + `payload`: a renderer registered by the Slack edge builds the text and blocks at
+      delivery time from current state (so a late post already shows a later decision); without
+      `render`, `payload` holds `text` and `blocks` as they are.
+    - `digest_key`: entries sharing it that are due together may be merged into one message by the
+      digest renderer registered for its prefix (alert bursts).
+    - `channel`: the channel for `post`; the user ID for `dm`; unused for `update`.
+    """
+
+    key: str
+    op: DeliveryOp
+    channel: str | None = None
+    ref: str | None = None
+    thread_ref: str | None = None
+    render: str | None = None
+    payload: Mapping[str, Any] = field(default_factory=_empty_payload)
+    digest_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedMessage:
+    """What a renderer builds for an outgoing message: fallback text, Block Kit blocks, and
+    files (PNG charts: filename, title, content) shown in the message's thread."""
+
+    text: str
+    blocks: Sequence[Mapping[str, Any]] = ()
+    files: Sequence[tuple[str, str, bytes]] = ()
+
+
+#: Builds a message from an entry's payload at delivery time (may raise `SkipMessage`).
+MessageRenderer = Callable[[Mapping[str, Any]], Awaitable[RenderedMessage]]
+#: Builds one message from the payloads of a burst of entries sharing a digest key.
+DigestRenderer = Callable[[Sequence[Mapping[str, Any]]], Awaitable[RenderedMessage]]
+
+
+class SkipMessage(Exception):
+    """Raised by a renderer when its message is no longer wanted (the entry counts as sent)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """A stored outgoing message and its delivery state."""
+
+    id: int
+    message: OutgoingMessage
+    status: Literal["pending", "sent", "failed"]
+    attempts: int
+    next_attempt_at: datetime
+    created_at: datetime
+    last_error: str | None = None
+    sent_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PostedMessage:
+    """Where the outbox posted the message named `ref`."""
+
+    ref: str
+    channel: str
+    ts: str
+
+
+class Outbox(Protocol):
+    """Durable outgoing Slack messages (the Slack edge's worker delivers them)."""
+
+    async def enqueue(self, message: OutgoingMessage, *, now: datetime) -> bool:
+        """Store `message` for delivery; False when its `key` was enqueued before."""
+        ...
+
+    async def claim_due(
+        self, *, now: datetime, holder: str, lease: float, limit: int
+    ) -> list[OutboxEntry]:
+        """Claim up to `limit` pending entries due by `now` for `lease` seconds, oldest first,
+        skipping entries whose `ref` has an older entry still pending (per-ref order). Entries
+        another holder claimed and still holds are skipped."""
+        ...
+
+    async def claim_digest(
+        self, digest_key: str, *, now: datetime, holder: str, lease: float, limit: int = 50
+    ) -> list[OutboxEntry]:
+        """Claim the due entries sharing `digest_key` that nobody else holds (plus those this
+        holder already claimed), oldest first."""
+        ...
+
+    async def has_failed_post(self, ref: str) -> bool:
+        """True when the post that would have created the message `ref` failed for good."""
+        ...
+
+    async def mark_sent(self, entry_ids: Sequence[int], *, now: datetime) -> None:
+        """Record delivery."""
+        ...
+
+    async def retry_later(self, entry_id: int, *, at: datetime, error: str) -> None:
+        """Release the claim and try again at `at`."""
+        ...
+
+    async def mark_failed(self, entry_id: int, *, now: datetime, error: str) -> None:
+        """Give up on an entry (a permanent Slack error)."""
+        ...
+
+    async def remember_post(self, posted: PostedMessage, *, now: datetime) -> None:
+        """Store where the message `ref` was posted."""
+        ...
+
+    async def posted(self, ref: str) -> PostedMessage | None:
+        """Where the message `ref` was posted, if it was."""
+        ...
+
+    async def stats(self) -> Mapping[str, int]:
+        """Entry counts by status (`pending`, `sent`, `failed`)."""
+        ...
+
+    async def failures(self, limit: int = 5) -> list[OutboxEntry]:
+        """The latest failed entries."""
+        ...
+
+
+class Leases(Protocol):
+    """Named, expiring leases: one replica at a time holds `name` (a scan, the reconciler)."""
+
+    async def acquire(self, name: str, *, holder: str, now: datetime, ttl: float) -> bool:
+        """Take or renew `name` for `ttl` seconds; True when `holder` has it now. Atomic: of many
+        concurrent callers exactly one wins; an expired lease is taken over."""
+        ...
+
+    async def release(self, name: str, *, holder: str) -> None:
+        """Give `name` up (only if `holder` holds it)."""
+        ...
 
 
 class ProcessedEvents(Protocol):
@@ -109,6 +255,16 @@ class UnitOfWork(Protocol):
     @property
     def links(self) -> AccountLinks:
         """The account links cache."""
+        ...
+
+    @property
+    def outbox(self) -> Outbox:
+        """Outgoing Slack messages."""
+        ...
+
+    @property
+    def leases(self) -> Leases:
+        """Named leases for jobs that one replica runs at a time."""
         ...
 
     async def commit(self) -> None:

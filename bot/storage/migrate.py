@@ -49,6 +49,12 @@ def _upgrade_sync(connection: Connection) -> None:
     command.upgrade(config, "head")
 
 
+def _downgrade_sync(connection: Connection, target: str) -> None:
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.downgrade(config, target)
+
+
 def _current_sync(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
@@ -63,6 +69,21 @@ async def upgrade(url: str) -> None:
                     text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY}
                 )
             await connection.run_sync(_upgrade_sync)
+    finally:
+        await engine.dispose()
+
+
+async def downgrade(url: str, target: str) -> None:
+    """Migrate the schema at `url` down to revision `target` (`base` for nothing). For tests and
+    for an operator rolling a release back; under the same lock as `upgrade`."""
+    engine = make_engine(url, poolclass=NullPool)
+    try:
+        async with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                await connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY}
+                )
+            await connection.run_sync(_downgrade_sync, target)
     finally:
         await engine.dispose()
 

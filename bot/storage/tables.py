@@ -102,3 +102,53 @@ class AccountLinkRow(Base):
     customer_id: Mapped[str] = mapped_column(String(255))
     account_id: Mapped[str | None] = mapped_column(String(255))
     updated_at: Mapped[datetime]
+
+
+class OutboxRow(Base):
+    """An outgoing Slack message (see `bot.domain.records.OutgoingMessage`)."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(255), unique=True)
+    op: Mapped[str] = mapped_column(String(16))
+    channel: Mapped[str | None] = mapped_column(String(64))
+    ref: Mapped[str | None] = mapped_column(String(255))
+    thread_ref: Mapped[str | None] = mapped_column(String(255))
+    render: Mapped[str | None] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]]
+    digest_key: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int]
+    next_attempt_at: Mapped[datetime]
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_until: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index("ix_outbox_due", "status", "next_attempt_at"),
+        Index("ix_outbox_ref", "ref", "id"),
+    )
+
+
+class SlackMessageRow(Base):
+    """Where the outbox posted the message named `ref`."""
+
+    __tablename__ = "slack_messages"
+
+    ref: Mapped[str] = mapped_column(String(255), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(64))
+    ts: Mapped[str] = mapped_column(String(32))
+    posted_at: Mapped[datetime]
+
+
+class LeaseRow(Base):
+    """A named lease held by one replica until `expires_at`."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime]

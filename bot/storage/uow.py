@@ -9,30 +9,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
-from sqlalchemy import CursorResult, Insert, delete, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Insert, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.domain.records import AccountLink, AuditEvent
+from bot.storage.outbox import SqlLeases, SqlOutbox
+from bot.storage.sql import dialect_insert, rowcount
 from bot.storage.tables import AccountLinkRow, AuditEventRow, ProcessedEvent
-
-
-def _dialect_insert(session: AsyncSession, table: Any) -> postgresql.Insert | sqlite.Insert:
-    """`INSERT` in the bound dialect's flavour, which has `on_conflict_do_*`."""
-    name = session.get_bind().dialect.name
-    if name == "postgresql":
-        return postgresql.insert(table)
-    if name == "sqlite":
-        return sqlite.insert(table)
-    raise NotImplementedError(f"unsupported database dialect {name!r}")
-
-
-def _rowcount(result: Any) -> int:
-    """Rows affected by a DML statement."""
-    assert isinstance(result, CursorResult)
-    return int(result.rowcount)
 
 
 class SqlProcessedEvents:
@@ -44,18 +29,18 @@ class SqlProcessedEvents:
     async def mark_processed(self, source: str, event_id: str) -> bool:
         """Record `(source, event_id)`; True the first time, False for a duplicate."""
         statement: Insert = (
-            _dialect_insert(self._session, ProcessedEvent)
+            dialect_insert(self._session, ProcessedEvent)
             .values(source=source, event_id=event_id, received_at=datetime.now(UTC))
             .on_conflict_do_nothing(index_elements=["source", "event_id"])
         )
-        return _rowcount(await self._session.execute(statement)) == 1
+        return rowcount(await self._session.execute(statement)) == 1
 
     async def prune(self, older_than: datetime) -> int:
         """Forget IDs received before `older_than`; returns how many were removed."""
         result = await self._session.execute(
             delete(ProcessedEvent).where(ProcessedEvent.received_at < older_than)
         )
-        return _rowcount(result)
+        return rowcount(result)
 
 
 class SqlAuditLog:
@@ -126,7 +111,7 @@ class SqlAccountLinks:
         """Insert or replace links, keyed on `(identifier, provider)`."""
         if not links:
             return
-        statement = _dialect_insert(self._session, AccountLinkRow).values(
+        statement = dialect_insert(self._session, AccountLinkRow).values(
             [
                 {
                     "identifier": link.identifier,
@@ -164,6 +149,8 @@ class SqlUnitOfWork:
         self._events: SqlProcessedEvents | None = None
         self._audit: SqlAuditLog | None = None
         self._links: SqlAccountLinks | None = None
+        self._outbox: SqlOutbox | None = None
+        self._leases: SqlLeases | None = None
 
     @property
     def session(self) -> AsyncSession:
@@ -193,6 +180,20 @@ class SqlUnitOfWork:
             self._links = SqlAccountLinks(self.session)
         return self._links
 
+    @property
+    def outbox(self) -> SqlOutbox:
+        """Outgoing Slack messages."""
+        if self._outbox is None:
+            self._outbox = SqlOutbox(self.session)
+        return self._outbox
+
+    @property
+    def leases(self) -> SqlLeases:
+        """Named leases for jobs that one replica runs at a time."""
+        if self._leases is None:
+            self._leases = SqlLeases(self.session)
+        return self._leases
+
     async def commit(self) -> None:
         """Make everything done in this unit of work durable."""
         await self.session.commit()
@@ -220,4 +221,7 @@ class SqlUnitOfWork:
             await session.rollback()
         finally:
             await session.close()
-            self._session = self._events = self._audit = self._links = None
+            self._session = None
+            self._events = self._audit = self._links = None
+            self._outbox = None
+            self._leases = None

@@ -10,9 +10,11 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
 from bot.storage.db import make_engine
-from bot.storage.migrate import current_revision, head_revision, upgrade
+from bot.storage.migrate import current_revision, downgrade, head_revision, upgrade
 
-TABLES = {"processed_events", "audit_events", "account_links"}
+TABLES = {
+    "processed_events", "audit_events", "account_links", "outbox", "slack_messages", "leases",
+}  # fmt: skip
 
 
 async def _table_names(url: str) -> set[str]:
@@ -70,3 +72,25 @@ async def test_concurrent_upgrades_on_postgres_both_succeed(postgres_database_ur
 def test_head_revision_is_the_initial_schema_or_later() -> None:
     """The packaged migrations are found without an alembic.ini."""
     assert head_revision() >= "0001"
+
+
+async def test_the_outbox_migration_goes_down_and_up_again(database_url: str) -> None:
+    """Migration 0004 (outbox, posted messages, leases) can be rolled back and re-applied."""
+    await upgrade(database_url)
+
+    await downgrade(database_url, "0003")
+    assert not ({"outbox", "slack_messages", "leases"} & await _table_names(database_url))
+    assert await current_revision(database_url) == "0003"
+
+    await upgrade(database_url)
+    assert await _table_names(database_url) >= TABLES
+
+
+async def test_every_migration_goes_down_to_nothing(database_url: str) -> None:
+    """`downgrade base` removes every table the migrations made (each downgrade is complete)."""
+    await upgrade(database_url)
+
+    await downgrade(database_url, "base")
+
+    assert await _table_names(database_url) <= {"alembic_version"}
+    assert await current_revision(database_url) is None
