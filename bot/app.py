@@ -118,7 +118,7 @@ def build_app(
         metrics=metrics,
         sandbox=is_sandbox,
     )
-    metrics.samplers.append(lambda: _provider_samples(providers))
+    metrics.add_sampler(lambda: _provider_samples(providers))
     _DEPS[app] = deps
     register_all(app, deps)
     return app

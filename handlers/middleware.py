@@ -60,9 +60,9 @@ def register(app: AsyncApp, deps: Deps) -> None:
             # Fail open: answering twice beats losing a mention when the database hiccups.
             log.warning("event dedupe unavailable", exc_info=True)
             first = True
-        seen = deps.metrics.counters[("billing_triage_slack_events_total", ())] + 1
         deps.metrics.inc("billing_triage_slack_events_total")
-        if seen % PRUNE_EVERY == 0:
+        seen = deps.metrics.value("billing_triage_slack_events_total")
+        if int(seen) % PRUNE_EVERY == 0:
             deps.inflight.spawn(_prune(deps))
         if not first:
             deps.metrics.inc("billing_triage_slack_duplicate_events_total")
