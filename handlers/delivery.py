@@ -34,6 +34,7 @@ from bot.domain.records import (
     SkipMessage,
     Store,
 )
+from bot.domain.retry import parse_retry_after
 from bot.metrics import Metrics
 
 log = logging.getLogger("handlers.delivery")
@@ -344,10 +345,9 @@ class Delivery:
             if error in PERMANENT_ERRORS:
                 await self._fail(entry, error)
             elif status == 429 or error == "ratelimited":
-                headers = getattr(response, "headers", {}) or {}
-                try:
-                    after = float(headers.get("Retry-After") or headers.get("retry-after") or 1)
-                except ValueError:
+                headers = getattr(response, "headers", None) or {}
+                after = parse_retry_after(headers)
+                if after is None:
                     after = 1.0
                 await self._later(entry, "ratelimited", attempts=entry.attempts, retry_after=after)
             else:

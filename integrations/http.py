@@ -16,12 +16,12 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
+from bot.domain.retry import parse_retry_after
 from bot.errors import (
     ProviderAuthError,
     ProviderBadResponse,
@@ -141,25 +141,8 @@ def decode_json(content: bytes) -> Any:
 
 
 def retry_after_seconds(response: httpx.Response) -> float | None:
-    """Seconds from `Retry-After` (delta seconds or HTTP date) or `retry-after-ms`, if present."""
-    ms = response.headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
-    value = response.headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+    """Seconds from the response's `Retry-After` / `retry-after-ms`, if present."""
+    return parse_retry_after(response.headers)
 
 
 def default_error_message(response: httpx.Response) -> str:

@@ -14,6 +14,7 @@ import httpx
 import openai
 from pydantic import SecretStr
 
+from bot.domain.retry import parse_retry_after
 from bot.domain.tokens import token_estimate
 from bot.errors import LLMUnavailable
 from integrations.http import RetryPolicy, Transient, call_with_policy
@@ -123,17 +124,7 @@ def _hint(exc: openai.APIStatusError) -> float | None:
     """`Retry-After` of an error response, if the server sent one."""
     response = getattr(exc, "response", None)
     headers = getattr(response, "headers", None)
-    if headers is None:
-        return None
-    for name in ("retry-after-ms", "retry-after"):
-        value = headers.get(name)
-        if value:
-            try:
-                seconds = float(value)
-            except ValueError:
-                return None
-            return seconds / 1000 if name == "retry-after-ms" else seconds
-    return None
+    return parse_retry_after(headers) if headers is not None else None
 
 
 def _reply_text(response: Any) -> str:
