@@ -150,7 +150,7 @@ class Anomaly:
     provider: ProviderName
     #: Provider object IDs involved (invoices, charges, disputes), for links.
     refs: tuple[str, ...]
-    #: The last `lookback_days` days (usage) or the last 12 invoices; () for event kinds.
+    #: The last `series_days` days (usage) or the last 12 invoices; () for event kinds.
     series: tuple[SeriesPoint, ...]
     #: The pattern "Not an anomaly" applies to, stable across scans (`usage_spike:api_requests`).
     fingerprint: str
@@ -253,8 +253,11 @@ class DetectorConfig:
     invoice_days_back: int = 7
     #: Failed payments, disputes and duplicate charges within this many days alert.
     event_days_back: int = 7
-    #: Days of usage history the spike baseline uses (and usage anomalies chart).
-    lookback_days: int = 60
+    #: Days of usage history the spike baseline uses (three months, so a monthly peak has been
+    #: seen twice before). The snapshot needs `lookback_days + usage_days_back` days of usage.
+    lookback_days: int = 90
+    #: Days of usage a usage anomaly's series (chart, sparkline) shows.
+    series_days: int = 60
     #: Statistics need this many days of history before the checked days; rules work below it.
     min_history_days: int = 14
     #: The rule needs this many days of history (fewer: no baseline, nothing is said).
@@ -638,20 +641,24 @@ def _usage_spikes(
     changes: Sequence[PlanChange],
 ) -> list[Anomaly]:
     checked = [today - timedelta(days=k) for k in range(config.usage_days_back, 0, -1)]
-    window_start = today - timedelta(days=config.lookback_days)
+    window_start = checked[0] - timedelta(days=config.lookback_days)
     hits: dict[date, list[_Hit]] = {}
-    fits: dict[tuple[str, str], tuple[_Metric, _Fit]] = {}
     for prov in snapshot.providers:
         prov_changes = [c for c in changes if c.provider == prov.provider]
         for metric in _metrics(prov):
             if metric.currency is None and not config.alert_unpriced_usage:
                 continue
+            # One statistic fit on the days before the checked ones (so a two-day spike does not
+            # raise its own baseline); with a short history, each day by the rule against all
+            # the days before it (a new account has few enough that every one counts).
             fit = _fit_metric(metric, window_start, checked[0], prov_changes, config)
-            if fit is None:
-                continue
-            fits[(metric.provider, metric.name)] = (metric, fit)
             for day in checked:
-                hit = _check_day(metric, fit, day, config)
+                day_fit = fit
+                if fit is None or fit.method == "rule":
+                    day_fit = _fit_metric(metric, window_start, day, prov_changes, config)
+                if day_fit is None:
+                    continue
+                hit = _check_day(metric, day_fit, day, config)
                 if hit is not None:
                     hits.setdefault(day, []).append(hit)
     out = []
@@ -667,7 +674,7 @@ def _fit_metric(
     changes: Sequence[PlanChange],
     config: DetectorConfig,
 ) -> _Fit | None:
-    """The baseline of one metric from the days before the checked ones (None: too little)."""
+    """The baseline of one metric from the days before `first_checked` (None: too little)."""
     start = window_start
     # A plan change restarts the baseline: the new plan's level is the account's new normal.
     for change in changes:
@@ -845,7 +852,7 @@ def _spike_series(
         if (h.metric.provider, h.metric.name) in names
     }  # fmt: skip
     points = []
-    for k in range(config.lookback_days, 0, -1):
+    for k in range(config.series_days, 0, -1):
         day = today - timedelta(days=k)
         actual = ZERO
         expected: Decimal | None = ZERO
@@ -1145,6 +1152,12 @@ def _linked_payments(snapshot: BillingSnapshot) -> list[Payment]:
     for p in payments:
         if p.payment_intent_id and p.invoice_id:
             by_intent.setdefault(p.payment_intent_id, p.invoice_id)
+    for inv in snapshot.invoices:
+        # A Metronome invoice synced to Stripe names the payment intent that collects it.
+        external = inv.raw.get("external_invoice") if inv.provider == "metronome" else None
+        intent = external.get("external_payment_id") if isinstance(external, Mapping) else None
+        if isinstance(intent, str) and intent:
+            by_intent.setdefault(intent, inv.id)
     out = []
     for p in payments:
         linked = by_intent.get(p.payment_intent_id or "")
