@@ -447,8 +447,8 @@ def _explained_changes(prov: ProviderSnapshot) -> list[PlanChange]:
     out: list[PlanChange] = []
     targets = finals[:1] + ([prov.upcoming_invoice] if prov.upcoming_invoice else [])
     for inv in targets:
-        if len(finals) < 2 and inv is finals[0]:
-            continue
+        if not finals or (inv is finals[0] and len(finals) < 2):
+            continue  # nothing to compare with
         explanation = explain_invoice(inv, finals, payments=(), subscriptions=prov.subscriptions)
         for f in explanation.findings:
             if f.kind is FindingKind.PLAN_CHANGE:
