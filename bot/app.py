@@ -44,23 +44,33 @@ def build_providers(settings: Settings) -> tuple[dict[str, BillingProvider], boo
 
         return dict(sandbox_providers()), True
     providers: dict[str, BillingProvider] = {}
+    # Each provider is paced at its documented request rate unless *_RATE_LIMIT says otherwise.
     if settings.stripe_api_key is not None:
-        from integrations.stripe import StripeBillingProvider
+        from integrations import stripe
 
-        providers["stripe"] = StripeBillingProvider(
+        key = settings.stripe_api_key.get_secret_value()
+        providers["stripe"] = stripe.StripeBillingProvider(
             settings.stripe_api_key,
             base_url=settings.stripe_api_base,
             account_id_metadata_key=settings.stripe_account_id_metadata_key,
+            rate_limit=settings.stripe_rate_limit or stripe.default_rate_limit(key),
         )
     if settings.orb_api_key is not None:
-        from integrations.orb import OrbBillingProvider
+        from integrations import orb
 
-        providers["orb"] = OrbBillingProvider(settings.orb_api_key, base_url=settings.orb_api_base)
+        providers["orb"] = orb.OrbBillingProvider(
+            settings.orb_api_key,
+            base_url=settings.orb_api_base,
+            rate_limit=settings.orb_rate_limit or orb.DEFAULT_RATE_LIMIT,
+        )
     if settings.metronome_api_key is not None:
-        from integrations.metronome import MetronomeBillingProvider
+        from integrations import metronome
 
-        providers["metronome"] = MetronomeBillingProvider(
-            settings.metronome_api_key, base_url=settings.metronome_api_base
+        providers["metronome"] = metronome.MetronomeBillingProvider(
+            settings.metronome_api_key,
+            base_url=settings.metronome_api_base,
+            rate_limit=settings.metronome_rate_limit or metronome.DEFAULT_RATE_LIMIT,
+            credit_product_id=settings.metronome_credit_product_id,
         )
     return providers, False
 

@@ -45,12 +45,18 @@ class Settings(BaseSettings):
     stripe_api_base: str = "https://api.stripe.com"
     stripe_webhook_secret: SecretStr | None = None
     stripe_account_id_metadata_key: str = "account_id"
+    #: Requests per second to each provider; unset = the provider's documented limit.
+    stripe_rate_limit: float | None = Field(default=None, gt=0, le=10_000)
+    orb_rate_limit: float | None = Field(default=None, gt=0, le=10_000)
+    metronome_rate_limit: float | None = Field(default=None, gt=0, le=10_000)
     orb_api_key: SecretStr | None = None
     orb_api_base: str = "https://api.withorb.com/v1"
     orb_webhook_secret: SecretStr | None = None
     metronome_api_key: SecretStr | None = None
     metronome_api_base: str = "https://api.metronome.com"
     metronome_webhook_secret: SecretStr | None = None
+    #: The Metronome product credits are granted on (else one from the customer's contract).
+    metronome_credit_product_id: str | None = None
 
     openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None
@@ -87,7 +93,8 @@ class Settings(BaseSettings):
 
     @field_validator(
         "finance_channel", "oncall_channel", "triage_channel", "report_channel",
-        "openai_base_url", "sandbox", "zendesk_subdomain", "zendesk_api_base", "zendesk_email",
+        "openai_base_url", "sandbox", "stripe_rate_limit", "orb_rate_limit", "metronome_rate_limit",
+        "metronome_credit_product_id", "zendesk_subdomain", "zendesk_api_base", "zendesk_email",
         "zendesk_account_field", mode="before",
     )  # fmt: skip
     @classmethod

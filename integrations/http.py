@@ -23,11 +23,13 @@ alone, such as Stripe's 400 `idempotency_error` (`ProviderIdempotencyConflict`).
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -47,6 +49,7 @@ from bot.errors import (
     ProviderRequestError,
     ProviderUnavailable,
 )
+from bot.queueing import queued
 
 log = logging.getLogger("integrations.http")
 T = TypeVar("T")
@@ -65,8 +68,9 @@ class RetryPolicy:
     max_retry_after: float = 8.0
     #: Total time for one request including every retry and wait.
     deadline: float = 15.0
-    #: Requests in flight at once to this provider (per client instance).
-    concurrency: int = 8
+    #: Requests in flight at once to this provider (per client instance): a bound on sockets;
+    #: the request rate is what paces a provider (`ProviderHttp(rate=…)`).
+    concurrency: int = 64
 
 
 #: Hook deciding on a retry from a response: True force, False veto, None default rules.
@@ -124,13 +128,22 @@ async def call_with_policy(
     may_retry: bool = True,
     deadline: float | None = None,
     sleep: Callable[[float], Any] = asyncio.sleep,
+    gate: Callable[[], AbstractAsyncContextManager[object]] | None = None,
 ) -> T:
     """Run `attempt` under the shared policy: retried while it raises `Transient` (and
     `may_retry`), with capped exponential backoff and jitter, `Retry-After` honoured up to
     `policy.max_retry_after`, at most `policy.max_attempts` tries, all within the deadline.
-    Raises the last `Transient` when it gives up; any other exception at once."""
+    Raises the last `Transient` when it gives up; any other exception at once.
+
+    `gate` (our own pacing: a rate slot and a connection slot) is entered before each attempt
+    and held during it; the time spent waiting to enter it is not counted against the deadline,
+    which is the provider's time, not our queue's."""
     budget = deadline if deadline is not None else policy.deadline
     started = time.monotonic()
+    waited = 0.0
+
+    def elapsed() -> float:
+        return time.monotonic() - started - waited
 
     def wait(state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -138,16 +151,16 @@ async def call_with_policy(
         delay = random.uniform(delay / 2, delay)  # noqa: S311 - jitter, not crypto
         if isinstance(exc, Transient) and exc.retry_after is not None:
             delay = min(exc.retry_after, policy.max_retry_after)
-        remaining = budget - (time.monotonic() - started)
+        remaining = budget - elapsed()
         return max(0.0, min(delay, remaining))
 
     def should_retry(exc: BaseException) -> bool:
         if not isinstance(exc, Transient) or not may_retry:
             return False
-        return budget - (time.monotonic() - started) > 0.05
+        return budget - elapsed() > 0.05
 
-    async def bounded() -> T:
-        remaining = budget - (time.monotonic() - started)
+    async def timed() -> T:
+        remaining = budget - elapsed()
         if remaining <= 0:
             raise Transient("deadline exceeded", sent=False)
         try:
@@ -155,6 +168,15 @@ async def call_with_policy(
                 return await attempt()
         except TimeoutError as exc:
             raise Transient("timed out") from exc
+
+    async def bounded() -> T:
+        nonlocal waited
+        if gate is None:
+            return await timed()
+        asked = time.monotonic()
+        async with gate():
+            waited += time.monotonic() - asked
+            return await timed()
 
     retrying = AsyncRetrying(
         stop=stop_after_attempt(policy.max_attempts),
@@ -169,6 +191,15 @@ async def call_with_policy(
         ),
     )  # fmt: skip
     return await retrying(bounded)
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable, order-preserving form of request parameters, for coalescing identical reads."""
+    if isinstance(value, Mapping):
+        return tuple((k, _frozen(v)) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return tuple(_frozen(v) for v in value)
+    return value
 
 
 def decode_json(content: bytes) -> Any:
@@ -215,6 +246,67 @@ def default_error_message(response: httpx.Response) -> str:
     return f"HTTP {response.status_code}"
 
 
+class RateLimiter:
+    """Paces requests to one provider at `rate` per second, adapting to its 429s.
+
+    Virtual scheduling (GCRA): each caller reserves the next slot synchronously, so callers are
+    served first come first served and a burst of up to `burst` requests may go at once after
+    a quiet spell. A 429 halves the rate (not below `min_rate`) and pauses every caller until the
+    provider's `Retry-After` has passed; each success then wins back a hundredth of the
+    configured rate, so a transient squeeze costs little and a persistent one settles below the
+    provider's real limit.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        burst: float | None = None,
+        min_rate: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> None:
+        if rate <= 0:
+            raise ValueError("a rate limit must be positive")
+        self.max_rate = rate
+        self.rate = rate
+        self.min_rate = min(min_rate, rate)
+        self.burst = burst if burst is not None else max(1.0, rate / 2)
+        self._clock = clock
+        self._sleep = sleep
+        self._tat = 0.0  # theoretical arrival time of the next request
+        self._paused_until = 0.0
+        #: 429s seen (for tests and /metrics).
+        self.throttled = 0
+
+    def reserve(self) -> float:
+        """Reserve the next slot; seconds to wait before using it."""
+        now = self._clock()
+        interval = 1.0 / self.rate
+        tat = max(self._tat, now, self._paused_until)
+        allowed_at = max(tat - (self.burst - 1) * interval, self._paused_until)
+        self._tat = tat + interval
+        return max(0.0, allowed_at - now)
+
+    async def acquire(self) -> None:
+        """Wait for a slot."""
+        delay = self.reserve()
+        if delay > 0:
+            await self._sleep(delay)
+
+    def throttle(self, retry_after: float | None) -> None:
+        """The provider said 429: slow down, and pause everyone until `retry_after` passed."""
+        self.throttled += 1
+        self.rate = max(self.min_rate, self.rate / 2)
+        pause = retry_after if retry_after is not None else 1.0 / self.rate
+        self._paused_until = max(self._paused_until, self._clock() + pause)
+
+    def succeeded(self) -> None:
+        """A request went through: recover towards the configured rate."""
+        if self.rate < self.max_rate:
+            self.rate = min(self.max_rate, self.rate + self.max_rate / 100)
+
+
 class ProviderHttp:
     """One provider's HTTP client under the shared policy. Created once, closed on shutdown."""
 
@@ -230,8 +322,13 @@ class ProviderHttp:
         error_parser: ErrorParser | None = None,
         classify: ErrorClassifier | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
+        rate: float | None = None,
     ) -> None:
         self.provider = provider
+        #: Requests per second to this provider (None: not paced, e.g. the in-process sandbox).
+        self.pacer = RateLimiter(rate) if rate else None
+        #: Identical reads in flight, shared by every caller that asks meanwhile.
+        self._flights: dict[tuple[Any, ...], asyncio.Task[HttpAnswer]] = {}
         self.policy = policy or RetryPolicy()
         self._retry_hook = retry_hook
         self._error_parser = error_parser or default_error_message
@@ -286,6 +383,22 @@ class ProviderHttp:
         )
         return answer.body
 
+    @asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        """A connection slot and a rate slot, waited for as queue time (never the provider's)."""
+        with queued():
+            await self._limit.acquire()
+            try:
+                if self.pacer is not None:
+                    await self.pacer.acquire()
+            except BaseException:
+                self._limit.release()
+                raise
+        try:
+            yield
+        finally:
+            self._limit.release()
+
     async def send(
         self,
         method: str,
@@ -305,9 +418,61 @@ class ProviderHttp:
         `write=True` marks a request that moves money: it must carry `idempotency_key` (every
         retry sends the same one), and when the policy gives up after an attempt that may have
         been executed it raises `ProviderOutcomeUnknown` (module docstring).
+
+        Identical reads in flight at the same time (same method, path, parameters and body) are
+        sent once and their answer shared; writes and keyed requests never are.
         """
         if write and not idempotency_key:
             raise ValueError("a write must carry an idempotency key")
+        reads = (
+            not write
+            and idempotency_key is None
+            and (method.upper() == "GET" or idempotent is True)
+        )
+        if not reads:
+            return await self._send(
+                method, path, params=params, json_body=json_body, form=form, headers=headers,
+                idempotency_key=idempotency_key, idempotent=idempotent, deadline=deadline,
+                write=write,
+            )  # fmt: skip
+        key = (method.upper(), path.lstrip("/"), _frozen(params), _frozen(json_body),
+               _frozen(form), _frozen(headers))  # fmt: skip
+        flight = self._flights.get(key)
+        if flight is not None:
+            answer = await asyncio.shield(flight)
+            # Callers may keep or change what they got: followers get their own copy.
+            return HttpAnswer(answer.status, copy.deepcopy(answer.body), answer.headers)
+        flight = asyncio.get_running_loop().create_task(
+            self._send(
+                method, path, params=params, json_body=json_body, form=form, headers=headers,
+                idempotent=idempotent, deadline=deadline,
+            )
+        )  # fmt: skip
+        self._flights[key] = flight
+
+        def landed(task: asyncio.Task[HttpAnswer]) -> None:
+            if self._flights.get(key) is task:
+                del self._flights[key]
+            if not task.cancelled():
+                task.exception()  # retrieved: a failure is raised to every waiting caller
+
+        flight.add_done_callback(landed)
+        return await asyncio.shield(flight)
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Any = None,
+        json_body: Any = None,
+        form: Any = None,
+        headers: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+        idempotent: bool | None = None,
+        deadline: float | None = None,
+        write: bool = False,
+    ) -> HttpAnswer:
         may_retry = (
             idempotent
             if idempotent is not None
@@ -333,16 +498,15 @@ class ProviderHttp:
             nonlocal uncertain
             try:
                 try:
-                    async with self._limit:
-                        self.calls += 1
-                        response = await self._client.request(
-                            method,
-                            url,
-                            params=params,
-                            content=content,
-                            data=form,
-                            headers=send_headers,
-                        )
+                    self.calls += 1
+                    response = await self._client.request(
+                        method,
+                        url,
+                        params=params,
+                        content=content,
+                        data=form,
+                        headers=send_headers,
+                    )
                 except _NEVER_SENT as exc:
                     timed_out = isinstance(exc, httpx.TimeoutException)
                     raise _Transient(
@@ -369,6 +533,7 @@ class ProviderHttp:
                 may_retry=may_retry,
                 deadline=deadline,
                 sleep=self._sleep,
+                gate=self._slot,
             )
         except _Transient as exc:
             self.errors += 1
@@ -383,6 +548,11 @@ class ProviderHttp:
         self, response: httpx.Response, *, may_retry: bool, write: bool = False
     ) -> HttpAnswer:
         status = response.status_code
+        if self.pacer is not None:
+            if status == 429:
+                self.pacer.throttle(retry_after_seconds(response))
+            elif status < 500:
+                self.pacer.succeeded()
         hook = self._retry_hook(response) if self._retry_hook else None
         if status < 300:
             try:

@@ -142,6 +142,11 @@ def _classify(response: httpx.Response) -> type[ProviderError] | None:
     return ProviderIdempotencyConflict if response.status_code == 409 else None
 
 
+#: Metronome publishes no numeric limit (429 "wait and try again later"). 50/s is a
+#: conservative default that the 429 feedback lowers further; METRONOME_RATE_LIMIT overrides.
+DEFAULT_RATE_LIMIT = 50.0
+
+
 class MetronomeBillingProvider:
     """`BillingProvider` over Metronome's REST API (customers, contracts, invoices, balances,
     usage)."""
@@ -155,6 +160,7 @@ class MetronomeBillingProvider:
         base_url: str = DEFAULT_BASE_URL,
         policy: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        rate_limit: float | None = None,
         usage_days: int = 35,
         invoice_days: int = INVOICE_HISTORY_DAYS,
         clock: Callable[[], datetime] | None = None,
@@ -170,6 +176,9 @@ class MetronomeBillingProvider:
             retry_hook=_retry_hook,
             error_parser=_error_message,
             classify=_classify,
+            # Requests/s; None: not paced (the composition root passes the documented
+            # default, see `default_rate_limit` / `DEFAULT_RATE_LIMIT`).
+            rate=rate_limit or None,
         )
         #: The product credits are granted on, when the deployment configures one.
         self._credit_product_id = credit_product_id

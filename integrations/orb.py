@@ -163,6 +163,12 @@ def _error_text(response: httpx.Response) -> str:
 # --- the client -------------------------------------------------------------------------------
 
 
+#: Orb publishes no fixed production limit (it asks to be told before volume changes by an
+#: order of magnitude; test mode is documented at about 10 requests/s for ingestion). 50/s is a
+#: conservative default that the 429 feedback lowers further; ORB_RATE_LIMIT overrides.
+DEFAULT_RATE_LIMIT = 50.0
+
+
 class OrbBillingProvider:
     """`BillingProvider` for Orb: lookups by account ID or Orb customer ID, and snapshots."""
 
@@ -175,6 +181,7 @@ class OrbBillingProvider:
         base_url: str = DEFAULT_BASE_URL,
         policy: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        rate_limit: float | None = None,
         usage_days: int = 35,
         invoice_days: int = INVOICE_HISTORY_DAYS,
         clock: Callable[[], datetime] | None = None,
@@ -193,6 +200,9 @@ class OrbBillingProvider:
             retry_hook=orb_retry_hook,
             error_parser=orb_error_message,
             classify=orb_classify,
+            # Requests/s; None: not paced (the composition root passes the documented
+            # default, see `default_rate_limit` / `DEFAULT_RATE_LIMIT`).
+            rate=rate_limit or None,
         )
 
     @property

@@ -253,6 +253,17 @@ async def _awaitable(aw: Awaitable[T]) -> T:
 # --- the provider --------------------------------------------------------------------------------
 
 
+#: Stripe's documented read limits (docs.stripe.com/rate-limits): 100 requests/s in live mode,
+#: 25 in test mode (sandbox keys). `rate_limit=` or STRIPE_RATE_LIMIT overrides.
+LIVE_RATE_LIMIT = 100.0
+TEST_RATE_LIMIT = 25.0
+
+
+def default_rate_limit(api_key: str) -> float:
+    """Stripe's limit for the mode the key belongs to."""
+    return LIVE_RATE_LIMIT if api_key.startswith(("sk_live_", "rk_live_")) else TEST_RATE_LIMIT
+
+
 class StripeBillingProvider:
     """`BillingProvider` for Stripe. Create once; `aclose()` on shutdown."""
 
@@ -267,6 +278,7 @@ class StripeBillingProvider:
         api_version: str = API_VERSION,
         policy: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        rate_limit: float | None = None,
         usage_days: int = 35,
         history_days: int = 400,
         clock: Callable[[], datetime] | None = None,
@@ -286,6 +298,9 @@ class StripeBillingProvider:
             retry_hook=stripe_retry_hook,
             error_parser=stripe_error_message,
             classify=stripe_classify,
+            # Requests/s; None: not paced (the composition root passes the documented
+            # default, see `default_rate_limit` / `DEFAULT_RATE_LIMIT`).
+            rate=rate_limit or None,
         )
         self._metadata_key = account_id_metadata_key
         self._usage_days = max(1, usage_days)
