@@ -9,7 +9,6 @@ generated sandbox world; one test also runs the client over the real world when 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -1091,10 +1090,6 @@ def _error(status: int, code: str) -> bytes:
 # --- the generated sandbox world ----------------------------------------------------------------
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("integrations.sandbox.generate") is None,
-    reason="the sandbox world generator has not landed yet",
-)
 async def test_every_orb_account_of_the_sandbox_world_snapshots_consistently() -> None:
     """Every Orb-billed sandbox account resolves by account ID and its invoices add up."""
     from integrations.sandbox.world import build_world

@@ -9,7 +9,6 @@ official SDK against, so these shapes are checked against the SDK's classes ther
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
@@ -981,15 +980,9 @@ async def test_error_messages_never_echo_keys(
 # --- the generated sandbox world ----------------------------------------------------------------
 
 
-def _generated_world_available() -> bool:
-    return importlib.util.find_spec("integrations.sandbox.generate") is not None
-
-
 @pytest.fixture(scope="module")
 def generated_world() -> Iterator[Any]:
-    """The real sandbox world, when it is present in this checkout."""
-    if not _generated_world_available():
-        pytest.skip("integrations.sandbox.generate is not present")
+    """The real sandbox world."""
     from integrations.sandbox.world import build_world
 
     yield build_world(ordinary_accounts=20)
