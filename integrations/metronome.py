@@ -833,8 +833,11 @@ def _balance(raw: Mapping[str, Any], now: datetime) -> CreditBalance | None:
         return None
     schedule = _obj(raw.get("access_schedule"))
     credit_type = schedule.get("credit_type")
-    # No credit type on the schedule means the default fiat type, USD (cents).
-    currency = "usd" if credit_type is None else fiat_currency(credit_type)
+    if not isinstance(credit_type, Mapping):
+        # USD (cents) is only the default of the *create* call; a balance whose unit is not
+        # stated cannot be read as money, so the response is malformed rather than guessed.
+        raise ProviderBadResponse("metronome", "Metronome sent a balance with no credit type")
+    currency = fiat_currency(credit_type)
     if currency is None:
         return None  # a balance in a custom pricing unit is not money
     remaining = _cents(raw.get("balance"), currency)

@@ -297,6 +297,10 @@ class OrbBillingProvider:
     def _customer(self, raw: Mapping[str, Any]) -> CustomerRecord:
         currency = _currency(raw.get("currency"))
         balance = raw.get("balance")
+        if currency is None and balance not in (None, "") and Decimal(str(balance)) != 0:
+            # Orb sets a customer's currency with its first price; a balance without one is
+            # malformed, and guessing USD would show a wrong amount.
+            raise _no_currency("a customer balance")
         return CustomerRecord(
             provider="orb",
             customer_id=str(raw["id"]),
@@ -305,7 +309,9 @@ class OrbBillingProvider:
             email=raw.get("email") or None,
             currency=currency,
             # Orb's positive balance is credit for the customer; ours is Stripe's (positive = owes).
-            balance=-Money.of(balance, currency or "usd") if balance not in (None, "") else None,
+            balance=-Money.of(balance, currency)
+            if currency and balance not in (None, "")
+            else None,
             created_at=_time(raw.get("created_at")),
             dashboard_url=DASHBOARD_URL.format(id=quote(str(raw["id"]), safe="")),
             raw=raw,
@@ -321,7 +327,9 @@ class OrbBillingProvider:
         costs: list[Mapping[str, Any]],
         now: datetime,
     ) -> ProviderSnapshot:
-        currency = customer.currency or _first_currency(invoices) or "usd"
+        currency = customer.currency or _first_currency(invoices)
+        if currency is None and (credit_blocks or costs):
+            raise _no_currency("credits or costs for a customer")
         subs = tuple(
             sorted(
                 (_subscription(s, now) for s in subscriptions),
@@ -338,7 +346,7 @@ class OrbBillingProvider:
             key=lambda p: p.created_at,
             reverse=True,
         )
-        balances = [_credit_block(b, currency) for b in credit_blocks]
+        balances = [_credit_block(b, currency) for b in credit_blocks if currency]
         orb_balance = -customer.balance if customer.balance is not None else None
         if orb_balance is not None and not orb_balance.is_zero():
             balances.append(
@@ -359,7 +367,7 @@ class OrbBillingProvider:
             upcoming_invoice=drafts[0] if drafts else None,
             payments=tuple(payments),
             balances=tuple(balances),
-            usage=_usage(costs, currency),
+            usage=_usage(costs, currency) if currency else (),
         )
 
 
@@ -415,13 +423,17 @@ def _recurring_amount(raw: Mapping[str, Any], now: datetime, currency: str | Non
         amount = Decimal(unit) * qty
         total = amount if total is None else total + amount
         currency = currency or _currency(price.get("currency"))
-    return Money(total, currency or "usd") if total is not None else None
+    if total is None:
+        return None
+    if currency is None:
+        raise _no_currency("a subscription price")
+    return Money(total, currency)
 
 
 def _invoice(
     raw: Mapping[str, Any], customer_id: str, plan_by_sub: Mapping[str, str | None], now: datetime
 ) -> Invoice:
-    cur = _currency(raw.get("currency")) or "usd"
+    cur = _invoice_currency(raw)
     lines: list[InvoiceLine] = []
     discount = tax = credits = Decimal(0)
     for item in raw.get("line_items") or ():
@@ -599,7 +611,7 @@ def metric_name(price: Mapping[str, Any], *, fallback: str | None = None) -> str
 
 
 def _payments(raw: Mapping[str, Any], customer_id: str) -> list[Payment]:
-    cur = _currency(raw.get("currency")) or "usd"
+    cur = _invoice_currency(raw)
     invoice_id = str(raw["id"])
     out: list[Payment] = []
     for attempt in raw.get("payment_attempts") or ():
@@ -765,6 +777,18 @@ def _money(value: Any, currency: str) -> Money | None:
 
 def _currency(value: Any) -> str | None:
     return value.lower() if isinstance(value, str) and value else None
+
+
+def _no_currency(what: str) -> ProviderBadResponse:
+    return ProviderBadResponse("orb", f"Orb sent {what} with no currency")
+
+
+def _invoice_currency(raw: Mapping[str, Any]) -> str:
+    """An invoice's currency (always sent by Orb); missing means malformed, never USD."""
+    currency = _currency(raw.get("currency"))
+    if currency is None:
+        raise _no_currency("an invoice")
+    return currency
 
 
 def _first_currency(invoices: Iterable[Mapping[str, Any]]) -> str | None:
