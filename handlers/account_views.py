@@ -170,6 +170,29 @@ def provider_blocks(snap: ProviderSnapshot, *, sandbox: bool) -> list[Block]:
     return blocks
 
 
+def _labels(providers: tuple[str, ...]) -> str:
+    names = [PROVIDER_LABELS.get(p, p) for p in providers]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def account_notes(snapshot: BillingSnapshot) -> list[Block]:
+    """How the account was put together, where the engineer should know: customers joined by
+    email only, and providers that were not asked."""
+    blocks: list[Block] = []
+    email_only = snapshot.account.email_only
+    if email_only:
+        blocks.append(
+            context(
+                f":link: *{_labels(email_only)} matched by email only* — no account ID in common "
+                "with the rest; check that this is the same customer."
+            )
+        )
+    for skipped in snapshot.skipped:
+        label = PROVIDER_LABELS.get(skipped.provider, skipped.provider)
+        blocks.append(context(f":information_source: *{label}: {skipped.reason}*."))
+    return blocks
+
+
 def snapshot_reply(snapshot: BillingSnapshot, *, sandbox: bool = False) -> Reply:
     """The whole account view."""
     acct = snapshot.account
@@ -187,6 +210,7 @@ def snapshot_reply(snapshot: BillingSnapshot, *, sandbox: bool = False) -> Reply
     for failure in snapshot.failures:
         label = PROVIDER_LABELS.get(failure.provider, failure.provider)
         blocks.append(context(f":warning: *{label}: {failure.reason}* — the rest is shown."))
+    blocks.extend(account_notes(snapshot))
     for snap in snapshot.providers:
         blocks.append(divider())
         blocks.extend(provider_blocks(snap, sandbox=sandbox))

@@ -25,7 +25,7 @@ from bot.services.explain import (
     without_amount,
 )
 from bot.services.wording import Wording
-from handlers.account_views import fmt_date
+from handlers.account_views import account_notes, fmt_date
 from handlers.views import (
     MAX_SECTION,
     Block,
@@ -197,6 +197,7 @@ def explanation_view(result: ExplainResult, *, sandbox: bool = False) -> Reply:
         header(f"{title} · why invoice {invoice_name(current)} changed"),
         _context_line(snapshot, current, sandbox=sandbox),
         *_failure_blocks(result.missing),
+        *account_notes(snapshot),
         section(summary_line(explanation)),
     ]
     if result.wording.text:
@@ -258,6 +259,7 @@ def draft_view(result: DraftResult, *, regenerate: str, sandbox: bool = False) -
             + (" · sandbox data" if sandbox else "")
         ),
         *_failure_blocks(result.missing),
+        *account_notes(snapshot),
         # plain_text: the engineer copies exactly what is shown, no mrkdwn surprises.
         {
             "type": "section",

@@ -290,6 +290,9 @@ class AccountRef:
     customer_ids: Mapping[str, str]  # provider -> customer ID
     display_name: str | None = None
     email: str | None = None
+    #: Providers whose customer joined this account only because its email matched, with no
+    #: account ID shared with the others: shown as "matched by email only", to be checked.
+    email_only: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +303,9 @@ class BillingSnapshot:
     providers: tuple[ProviderSnapshot, ...]
     failures: tuple[ProviderFailure, ...] = ()
     fetched_at: datetime | None = None
+    #: Enabled providers that were not asked at all, and why (e.g. no account ID to find the
+    #: customer by); unlike `failures`, nothing went wrong, but their data is not here either.
+    skipped: tuple[ProviderFailure, ...] = ()
 
     def get(self, provider: str) -> ProviderSnapshot | None:
         """The snapshot of one provider, if it answered."""
