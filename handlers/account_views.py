@@ -10,6 +10,7 @@ from bot.domain.models import (
     PROVIDER_LABELS,
     BillingSnapshot,
     Invoice,
+    InvoiceMirror,
     PaymentStatus,
     ProviderSnapshot,
     Subscription,
@@ -74,20 +75,33 @@ def _usage_lines(snap: ProviderSnapshot, sub: Subscription | None) -> list[str]:
     return [f"{escape(metric)}: {qty:,.0f}" for metric, qty in ranked]
 
 
-def _invoice_line(inv: Invoice, *, link: bool) -> str:
+def _invoice_line(inv: Invoice, *, link: bool, mirror: InvoiceMirror | None = None) -> str:
     label = f"`{inv.id}`"
     if link and inv.url:
         label = f"<{inv.url}|{inv.number or inv.id}>"
-    return (
+    text = (
         f"{label} {fmt_date(inv.created_at)} · *{inv.total}* · {inv.status.value.replace('_', ' ')}"
     )
+    if mirror is not None and mirror.copy.id == inv.id:
+        source = mirror.source
+        text += f" · copy of {PROVIDER_LABELS.get(source.provider)} `{source.number or source.id}`"
+    elif mirror is not None:
+        text += f" · collected by Stripe as `{mirror.copy.id}`"
+    return text
 
 
-def provider_blocks(snap: ProviderSnapshot, *, sandbox: bool) -> list[Block]:
-    """The blocks of one provider's column."""
+def provider_blocks(
+    snap: ProviderSnapshot, *, sandbox: bool, mirrors: tuple[InvoiceMirror, ...] = ()
+) -> list[Block]:
+    """The blocks of one provider's column; `mirrors` pair invoices with their Stripe copies."""
     label = PROVIDER_LABELS.get(snap.provider, snap.provider)
     cust = snap.customer
     sub = _current_sub(snap.subscriptions)
+    paired = {m.copy.id: m for m in mirrors} | {m.source.id: m for m in mirrors}
+    copies_of = sorted({m.source.provider for m in mirrors})
+    only_copies = bool(snap.invoices) and all(
+        paired.get(i.id) is not None and paired[i.id].copy.id == i.id for i in snap.invoices
+    )
     ident = f"`{cust.customer_id}`"
     if not sandbox:
         ident = f"<{DASHBOARDS[snap.provider].format(id=cust.customer_id)}|{cust.customer_id}>"
@@ -100,6 +114,9 @@ def provider_blocks(snap: ProviderSnapshot, *, sandbox: bool) -> list[Block]:
             f"*Plan*\n{_status_icon(sub.status)} {escape(sub.plan_name or 'unnamed plan')} "
             f"({sub.status.value.replace('_', ' ')}){period}"
         )
+    elif only_copies:
+        billers = " and ".join(PROVIDER_LABELS.get(p, p) for p in copies_of)
+        fields.append(f"*Role*\ncollects {billers}'s invoices (its invoices are copies)")
     elif snap.invoices or not snap.payments:
         fields.append("*Plan*\nno subscription")
     else:
@@ -129,7 +146,10 @@ def provider_blocks(snap: ProviderSnapshot, *, sandbox: bool) -> list[Block]:
 
     details: list[str] = []
     if snap.invoices:
-        invs = [_invoice_line(i, link=not sandbox) for i in snap.invoices[:INVOICES_SHOWN]]
+        invs = [
+            _invoice_line(i, link=not sandbox, mirror=paired.get(i.id))
+            for i in snap.invoices[:INVOICES_SHOWN]
+        ]
         details.append("*Recent invoices*\n" + "\n".join(invs))
     if snap.payments:
         rows = [
@@ -213,7 +233,7 @@ def snapshot_reply(snapshot: BillingSnapshot, *, sandbox: bool = False) -> Reply
     blocks.extend(account_notes(snapshot))
     for snap in snapshot.providers:
         blocks.append(divider())
-        blocks.extend(provider_blocks(snap, sandbox=sandbox))
+        blocks.extend(provider_blocks(snap, sandbox=sandbox, mirrors=snapshot.mirrors))
     if not snapshot.providers:
         blocks.append(section("No provider could answer for this account right now."))
     failed = ", ".join(

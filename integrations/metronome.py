@@ -758,6 +758,9 @@ def _invoice(
         url=str(external["pdf_url"]) if external.get("pdf_url") else None,
         memo=str(memo) if memo else None,
         lines=tuple(lines),
+        # Metronome names the invoice it created in its billing provider (the Stripe invoice).
+        links=(str(external["invoice_id"]),) if external.get("invoice_id") else (),
+        collected_by="stripe" if external.get("billing_provider_type") == "stripe" else None,
         raw=raw,
     )
 

@@ -337,7 +337,13 @@ class OrbBillingProvider:
             )
         )
         plan_by_sub = {s.id: s.plan_name for s in subs}
-        mapped = [_invoice(i, customer.customer_id, plan_by_sub, now) for i in invoices]
+        # A customer set up for Stripe Invoicing has its invoices synced to Stripe, which
+        # collects them (docs.withorb.com/integrations-and-exports/stripe).
+        invoicing = customer.raw.get("payment_provider") == "stripe_invoice"
+        mapped = [
+            _invoice(i, customer.customer_id, plan_by_sub, now, stripe_invoicing=invoicing)
+            for i in invoices
+        ]
         mapped.sort(key=lambda inv: _neg_time(inv.created_at))
         drafts = [inv for inv in mapped if inv.status is InvoiceStatus.DRAFT]
         final = tuple(inv for inv in mapped if inv.status is not InvoiceStatus.DRAFT)
@@ -431,7 +437,12 @@ def _recurring_amount(raw: Mapping[str, Any], now: datetime, currency: str | Non
 
 
 def _invoice(
-    raw: Mapping[str, Any], customer_id: str, plan_by_sub: Mapping[str, str | None], now: datetime
+    raw: Mapping[str, Any],
+    customer_id: str,
+    plan_by_sub: Mapping[str, str | None],
+    now: datetime,
+    *,
+    stripe_invoicing: bool = False,
 ) -> Invoice:
     cur = _invoice_currency(raw)
     lines: list[InvoiceLine] = []
@@ -487,8 +498,16 @@ def _invoice(
         if isinstance(num_attempts, int)
         else len(raw.get("payment_attempts") or ()),
         lines=tuple(lines),
+        links=_links(raw),
+        collected_by="stripe" if stripe_invoicing or raw.get("status") == "synced" else None,
         raw=raw,
     )
+
+
+def _links(raw: Mapping[str, Any]) -> tuple[str, ...]:
+    """IDs of the invoice elsewhere that the Orb invoice names (its metadata values)."""
+    metadata = _map(raw.get("metadata"))
+    return tuple(dict.fromkeys(v for v in metadata.values() if isinstance(v, str) and v))
 
 
 def _invoice_status(raw: Mapping[str, Any], now: datetime) -> InvoiceStatus:
@@ -499,6 +518,11 @@ def _invoice_status(raw: Mapping[str, Any], now: datetime) -> InvoiceStatus:
         return InvoiceStatus.VOID
     if status == "paid" or raw.get("paid_at"):
         return InvoiceStatus.PAID
+    if status == "synced":
+        # Synced to an external invoicing provider (Stripe): a one-way sync, so Orb does not
+        # know whether it was paid; the copy there tells (bot.domain.mirrors). Never past due
+        # on Orb's say-so.
+        return InvoiceStatus.OPEN
     # `issued` (or `synced` to an external invoicing provider) and not paid yet.
     due = _time(raw.get("due_date"))
     if raw.get("payment_failed_at") or (due is not None and due < now):

@@ -868,6 +868,13 @@ class _Mapper:
             memo=raw.get("description"),
             attempt_count=int(raw.get("attempt_count") or 0),
             lines=mapped,
+            # A billing provider that invoices through Stripe names its own invoice in the
+            # metadata (Orb: `orb_invoice_id`); every value is offered, the pairing decides.
+            links=tuple(
+                dict.fromkeys(
+                    str(v) for v in _obj(raw.get("metadata")).values() if isinstance(v, str) and v
+                )
+            ),
             raw=raw,
         )
 

@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from bot.domain.identifiers import AccountIdentifier, IdentifierKind
+from bot.domain.mirrors import link_mirrors
 from bot.domain.models import (
     AccountRef,
     BillingSnapshot,
@@ -254,12 +255,16 @@ class LookupService:
         snaps.sort(key=lambda s: order.get(s.provider, 99))
         failures.sort(key=lambda f: order.get(f.provider, 99))
         skipped = [ProviderFailure(n, r) for n, r in resolution.skipped.items()]  # type: ignore[arg-type]
+        # One bill, one invoice: Stripe copies of Orb or Metronome invoices are paired with
+        # their sources, which take the copies' payment state.
+        providers, mirrors = link_mirrors(snaps)
         return BillingSnapshot(
             account=resolution.ref(),
-            providers=tuple(snaps),
+            providers=providers,
             failures=tuple(failures),
             fetched_at=self.clock(),
             skipped=tuple(sorted(skipped, key=lambda f: order.get(f.provider, 99))),
+            mirrors=mirrors,
         )
 
     # --- the links cache ------------------------------------------------------------------
