@@ -91,16 +91,22 @@ def _invoice_line(inv: Invoice, *, link: bool, mirror: InvoiceMirror | None = No
 
 
 def provider_blocks(
-    snap: ProviderSnapshot, *, sandbox: bool, mirrors: tuple[InvoiceMirror, ...] = ()
+    snap: ProviderSnapshot,
+    *,
+    sandbox: bool,
+    mirrors: tuple[InvoiceMirror, ...] = (),
+    unpaired: tuple[Invoice, ...] = (),
 ) -> list[Block]:
-    """The blocks of one provider's column; `mirrors` pair invoices with their Stripe copies."""
+    """The blocks of one provider's column; `mirrors` pair invoices with their Stripe copies,
+    `unpaired` are copies whose source is older than the history read."""
     label = PROVIDER_LABELS.get(snap.provider, snap.provider)
     cust = snap.customer
     sub = _current_sub(snap.subscriptions)
     paired = {m.copy.id: m for m in mirrors} | {m.source.id: m for m in mirrors}
+    orphans = {i.id for i in unpaired}
     copies_of = sorted({m.source.provider for m in mirrors})
     only_copies = bool(snap.invoices) and all(
-        paired.get(i.id) is not None and paired[i.id].copy.id == i.id for i in snap.invoices
+        i.id in orphans or (i.id in paired and paired[i.id].copy.id == i.id) for i in snap.invoices
     )
     ident = f"`{cust.customer_id}`"
     if not sandbox:
@@ -148,6 +154,7 @@ def provider_blocks(
     if snap.invoices:
         invs = [
             _invoice_line(i, link=not sandbox, mirror=paired.get(i.id))
+            + (" · copy of an older invoice" if i.id in orphans else "")
             for i in snap.invoices[:INVOICES_SHOWN]
         ]
         details.append("*Recent invoices*\n" + "\n".join(invs))
@@ -233,7 +240,14 @@ def snapshot_reply(snapshot: BillingSnapshot, *, sandbox: bool = False) -> Reply
     blocks.extend(account_notes(snapshot))
     for snap in snapshot.providers:
         blocks.append(divider())
-        blocks.extend(provider_blocks(snap, sandbox=sandbox, mirrors=snapshot.mirrors))
+        blocks.extend(
+            provider_blocks(
+                snap,
+                sandbox=sandbox,
+                mirrors=snapshot.mirrors,
+                unpaired=snapshot.unpaired_copies,
+            )
+        )
     if not snapshot.providers:
         blocks.append(section("No provider could answer for this account right now."))
     failed = ", ".join(

@@ -160,6 +160,29 @@ def _collected(source: Invoice, copy: Invoice) -> Invoice:
     )
 
 
+def unpaired_copies(
+    providers: Sequence[ProviderSnapshot], mirrors: Sequence[InvoiceMirror]
+) -> tuple[Invoice, ...]:
+    """Copy-shaped Stripe invoices older than every paired copy, on an account that invoices
+    through Stripe (two or more pairs): the copies of invoices from before the history read from
+    the billing provider, whose list starts by service period where Stripe's starts by date."""
+    if len(mirrors) < 2:
+        return ()
+    stripe = next((p for p in providers if p.provider == "stripe"), None)
+    oldest = min((m.copy.created_at for m in mirrors if m.copy.created_at), default=None)
+    if stripe is None or oldest is None:
+        return ()
+    paired = {m.copy.id for m in mirrors}
+    return tuple(
+        inv
+        for inv in stripe.invoices
+        if inv.id not in paired
+        and _copy_shaped(inv)
+        and inv.created_at is not None
+        and inv.created_at < oldest
+    )
+
+
 def link_mirrors(
     providers: Sequence[ProviderSnapshot],
 ) -> tuple[tuple[ProviderSnapshot, ...], tuple[InvoiceMirror, ...]]:

@@ -327,6 +327,9 @@ class BillingSnapshot:
     skipped: tuple[ProviderFailure, ...] = ()
     #: Invoices of a billing provider and the Stripe invoices that collect them.
     mirrors: tuple[InvoiceMirror, ...] = ()
+    #: Stripe copies older than every paired one, whose source lies before the history read
+    #: from the billing provider (its window starts at another point): counted nowhere.
+    unpaired_copies: tuple[Invoice, ...] = ()
 
     def get(self, provider: str) -> ProviderSnapshot | None:
         """The snapshot of one provider, if it answered."""
@@ -336,7 +339,7 @@ class BillingSnapshot:
     def invoices(self) -> tuple[Invoice, ...]:
         """All invoices of all providers, newest first, each once: a Stripe copy of another
         provider's invoice is left out (its source stands for it)."""
-        copies = {m.copy.id for m in self.mirrors}
+        copies = {m.copy.id for m in self.mirrors} | {i.id for i in self.unpaired_copies}
         items = [inv for p in self.providers for inv in p.invoices if inv.id not in copies]
         return tuple(sorted(items, key=_invoice_sort_key, reverse=True))
 

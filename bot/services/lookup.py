@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from bot.domain.identifiers import AccountIdentifier, IdentifierKind
-from bot.domain.mirrors import link_mirrors
+from bot.domain.mirrors import link_mirrors, unpaired_copies
 from bot.domain.models import (
     AccountRef,
     BillingSnapshot,
@@ -258,6 +258,7 @@ class LookupService:
         # One bill, one invoice: Stripe copies of Orb or Metronome invoices are paired with
         # their sources, which take the copies' payment state.
         providers, mirrors = link_mirrors(snaps)
+        orphans = unpaired_copies(providers, mirrors)
         return BillingSnapshot(
             account=resolution.ref(),
             providers=providers,
@@ -265,6 +266,7 @@ class LookupService:
             fetched_at=self.clock(),
             skipped=tuple(sorted(skipped, key=lambda f: order.get(f.provider, 99))),
             mirrors=mirrors,
+            unpaired_copies=orphans,
         )
 
     # --- the links cache ------------------------------------------------------------------

@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 from bot.domain.findings import FindingKind
-from bot.domain.mirrors import find_mirrors, link_mirrors
+from bot.domain.mirrors import find_mirrors, link_mirrors, unpaired_copies
 from bot.domain.models import (
     AccountRef,
     BillingSnapshot,
@@ -322,3 +322,15 @@ def test_prepaid_burn_is_quiet_when_nothing_was_drawn_differently() -> None:
     gone = explain_snapshot(metronome_burn(drawn=(1200, 2400), remaining="0"))
     assert gone.prepaid is not None and gone.prepaid.runs_out is None
     assert gone.prepaid.periods_left == 0
+
+
+def test_a_copy_older_than_the_providers_history_is_counted_nowhere() -> None:
+    """Stripe's history starts by date and the provider's by period, so the oldest Stripe copy
+    can arrive without its source: it is set aside, not shown as a Stripe bill of its own."""
+    apr, mar, feb = orb_months()
+    copies = [copy_of(inv, f"in_{inv.id}", links=(inv.id,)) for inv in (apr, mar, feb)]
+    snap = snapshot("orb", [apr, mar], copies)  # Feb's Orb invoice is outside Orb's window
+    orphans = unpaired_copies(snap.providers, snap.mirrors)
+    assert [i.id for i in orphans] == ["in_orb_feb"]
+    with_orphans = replace(snap, unpaired_copies=orphans)
+    assert [i.id for i in with_orphans.invoices] == ["orb_apr", "orb_mar"]
