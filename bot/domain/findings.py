@@ -387,8 +387,10 @@ class _Parts:
 
     @property
     def base(self) -> Decimal:
-        """The taxable amount: lines after discounts."""
-        return self.lines_total - self.discount
+        """The taxable amount: lines after discounts and after prepaid credits, which every
+        provider applies before tax (Stripe's pretax credits, Orb's credits on the line); a
+        customer balance is applied after tax and is not part of it."""
+        return self.lines_total - self.discount - self.credits
 
 
 def _amount_in(money: Money | None, currency: str) -> Decimal | None:
@@ -680,6 +682,8 @@ class _Builder:
         self.notes: list[str] = []
         self.plan_now = _plan_name(current, plans)
         self.plan_before = _plan_name(previous, plans) if previous else None
+        #: A recurring fee line matched from one invoice to the other.
+        self.fee_kept = False
 
     @property
     def plan_switched(self) -> bool:
@@ -722,9 +726,13 @@ class _Builder:
 
     def matched(self, match: _Match) -> None:
         before, now = match.previous, match.current
+        if any(ln.kind is LineKind.SUBSCRIPTION for ln in before) and any(
+            ln.kind is LineKind.SUBSCRIPTION for ln in now
+        ):
+            self.fee_kept = True
         a0, a1 = _sum(before), _sum(now)
         delta = a1 - a0
-        if delta == 0:
+        if delta == 0 and not self._offsetting(before, now):
             return
         refs = _line_refs(before, now)
         label = _label(now)
@@ -764,6 +772,15 @@ class _Builder:
                 self._price_finding(label, usage, metric, refs, p0, p1, q1, price, detail)
                 return
         self._whole_delta(label, usage, metric, refs, q0, q1, a0, a1, base_detail)
+
+    @staticmethod
+    def _offsetting(before: Sequence[InvoiceLine], now: Sequence[InvoiceLine]) -> bool:
+        """True when a line's amount stayed the same only because its quantity and its unit
+        price moved in opposite directions (twice the usage at half the price): both changes
+        are reported, summing to zero, rather than "nothing changed"."""
+        q0, q1 = _quantity(before), _quantity(now)
+        p0, p1 = _unit_price(before), _unit_price(now)
+        return None not in (q0, q1, p0, p1) and q0 != q1 and p0 != p1
 
     def _plan_lines_differ(self, before: Sequence[InvoiceLine], now: Sequence[InvoiceLine]) -> bool:
         old_products = {line.product_id for line in before if line.product_id}
@@ -866,8 +883,11 @@ class _Builder:
             reverse=True,
         )
         # A recurring fee that went away while another arrived is one plan change; the largest
-        # fees pair up, extra ones are ordinary new or removed lines.
+        # fees pair up, extra ones are ordinary new or removed lines. Not when the plan's fee is
+        # still there under the same plan: then an add-on went and another came (two lines).
         pairs = min(len(old_plans), len(new_plans))
+        if self.fee_kept and not self.plan_switched:
+            pairs = 0
         paired: set[int] = set()
         if pairs:
             before, now = old_plans[:pairs], new_plans[:pairs]
