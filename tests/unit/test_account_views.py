@@ -9,6 +9,7 @@ import json
 from bot.domain.models import AccountRef, BillingSnapshot, CustomerRecord, ProviderFailure
 from bot.domain.models import ProviderSnapshot as Snap
 from handlers.account_views import snapshot_reply
+from tests.unit.test_mirrors import copy_of, orb_months, snapshot
 
 
 def _text(snapshot: BillingSnapshot) -> str:
@@ -47,3 +48,14 @@ def test_a_provider_that_was_not_asked_is_named_with_the_reason() -> None:
         account=AccountRef("acct_a", {"stripe": "cus_A1"}), providers=snapshot.providers
     )
     assert "matched by email only" not in _text(plain) and "not asked" not in _text(plain)
+
+
+def test_a_mirrored_account_shows_who_bills_and_who_collects() -> None:
+    """Orb's invoices are marked as collected by Stripe, Stripe's as copies of Orb's, and
+    Stripe's role is to collect them: one bill, shown once as a bill."""
+    apr, mar, feb = orb_months()
+    copies = [copy_of(inv, f"in_{inv.id}", links=(inv.id,)) for inv in (apr, mar, feb)]
+    text = _text(snapshot("orb", [apr, mar, feb], copies))
+    assert "collects Orb's invoices (its invoices are copies)" in text
+    assert "copy of Orb `ACME-00003`" in text
+    assert "collected by Stripe as `in_orb_apr`" in text
