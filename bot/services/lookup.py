@@ -54,6 +54,9 @@ NOT_THERE = ""
 NEGATIVE_LINK_TTL = timedelta(minutes=10)
 #: Share of the lookup's budget the cache read may take before it is given up on.
 _CACHE_READ_SHARE = 0.5
+#: Below this much budget a provider is not asked at all (the call could only time out); it is
+#: named as not asked instead.
+MIN_CALL_SECONDS = 0.05
 
 #: Which identifier kind finds a provider's customer by that provider's own ID.
 OWN_ID_KIND = {
@@ -123,6 +126,7 @@ class LookupService:
         resolve_timeout: float = 7.0,
         links_ttl: timedelta = timedelta(hours=6),
         negative_links_ttl: timedelta = NEGATIVE_LINK_TTL,
+        min_call_seconds: float = MIN_CALL_SECONDS,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.providers = dict(providers)
@@ -131,6 +135,7 @@ class LookupService:
         self.resolve_timeout = resolve_timeout
         self.links_ttl = links_ttl
         self.negative_links_ttl = negative_links_ttl
+        self.min_call_seconds = min_call_seconds
         self.clock = clock
 
     async def _each(
@@ -202,7 +207,7 @@ class LookupService:
             missing = [n for n in missing if n not in asked_by_account_id]  # asked already
         skipped: dict[str, str] = {}
         if account_id and missing:
-            if self._left(deadline) <= 0:
+            if self._left(deadline) < self.min_call_seconds:
                 skipped = dict.fromkeys(missing, "not asked: the lookup ran out of time")
                 missing = []
             results = await self._each(

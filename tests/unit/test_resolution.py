@@ -346,3 +346,18 @@ async def test_different_customers_behind_one_email_are_listed_not_merged() -> N
     assert "cus_S1" in text and "9b3a1c2d-0e9f-4a8b-9c7d-6e5f4a3b2c1d" in text
     assert "Acme Inc" in text and "Globex Labs" in text
     assert "matched by email only" in text
+
+
+async def test_a_provider_left_without_time_is_named_as_not_asked() -> None:
+    """When the first providers' answers use up the lookup's budget, the providers that would
+    be asked next by account ID are named as not asked, not silently left out."""
+    fakes = providers()
+    fakes["stripe"].delay = 0.35
+    service = LookupService(fakes, resolve_timeout=0.5, min_call_seconds=0.2)
+    snapshot = await service.snapshot(classify_account("a@x.example"))
+    assert [p.provider for p in snapshot.providers] == ["stripe"]
+    assert [(f.provider, f.reason) for f in snapshot.skipped] == [
+        ("orb", "not asked: the lookup ran out of time"),
+        ("metronome", "not asked: the lookup ran out of time"),
+    ]
+    assert snapshot.failures == ()
