@@ -298,9 +298,13 @@ def collected_text(mirror: InvoiceMirror) -> str:
     )
 
 
-def _times(rate: Decimal) -> str:
-    value = rate.quantize(Decimal("0.1")).normalize()
-    return f"{value:f}×"
+def _pace(rate: Decimal) -> str:
+    """`2× as fast` for a big step, `12% more` for a small one (where "1× as fast" would hide
+    it)."""
+    if rate >= Decimal("1.5"):
+        return f"{rate.quantize(Decimal('0.1')).normalize():f}× as fast"
+    more = ((rate - 1) * 100).quantize(Decimal(1))
+    return f"{more:f}% more"
 
 
 def prepaid_text(burn: PrepaidBurn) -> str:
@@ -310,9 +314,7 @@ def prepaid_text(burn: PrepaidBurn) -> str:
     if burn.rate is None:
         text = f"it covered {drawn} of this invoice; the previous invoice drew none."
     elif burn.drawn > burn.previous_drawn:
-        text = (
-            f"it covered {drawn} of this invoice, up from {before} ({_times(burn.rate)} as fast)."
-        )
+        text = f"it covered {drawn} of this invoice, up from {before} ({_pace(burn.rate)})."
     else:
         text = f"it covered {drawn} of this invoice, down from {before}."
     remaining = burn.remaining

@@ -9,7 +9,7 @@ from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
-from bot.domain.findings import FindingKind
+from bot.domain.findings import FindingKind, PrepaidBurn
 from bot.domain.mirrors import find_mirrors, link_mirrors, unpaired_copies
 from bot.domain.models import (
     AccountRef,
@@ -26,7 +26,13 @@ from bot.domain.models import (
     ProviderSnapshot,
 )
 from bot.domain.money import Money
-from bot.services.explain import build_facts, draft_text, explain_snapshot, explain_text
+from bot.services.explain import (
+    build_facts,
+    draft_text,
+    explain_snapshot,
+    explain_text,
+    prepaid_text,
+)
 
 D = Decimal
 
@@ -334,3 +340,17 @@ def test_a_copy_older_than_the_providers_history_is_counted_nowhere() -> None:
     assert [i.id for i in orphans] == ["in_orb_feb"]
     with_orphans = replace(snap, unpaired_copies=orphans)
     assert [i.id for i in with_orphans.invoices] == ["orb_apr", "orb_mar"]
+
+
+def test_prepaid_text_says_how_much_faster_in_words_that_fit_the_step() -> None:
+    """A big step reads "2× as fast", a small one "12% more", a drop "down from", and a first
+    draw says the previous invoice drew none."""
+
+    def burn(drawn: str, before: str) -> PrepaidBurn:
+        rate = D(drawn) / D(before) if D(before) else None
+        return PrepaidBurn(usd(drawn), usd(before), rate, None, 30, None, None)
+
+    assert "(2× as fast)" in prepaid_text(burn("200", "100"))
+    assert "(12% more)" in prepaid_text(burn("112", "100"))
+    assert "down from $100.00." in prepaid_text(burn("80", "100"))
+    assert "the previous invoice drew none" in prepaid_text(burn("80", "0"))
