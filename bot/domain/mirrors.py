@@ -39,6 +39,9 @@ PERIOD_SLACK = timedelta(days=1, hours=1)
 #: A copy is created after its source is issued, usually within minutes; allow a week of sync
 #: delays and manual finalisation.
 COPY_DELAY = timedelta(days=7)
+#: How far before the oldest paired copy an unpaired one still counts as a copy of an invoice
+#: just outside the provider's history (a quarter covers quarterly billing).
+ORPHAN_REACH = timedelta(days=95)
 
 
 def _copy_shaped(inv: Invoice) -> bool:
@@ -179,7 +182,9 @@ def unpaired_copies(
         if inv.id not in paired
         and _copy_shaped(inv)
         and inv.created_at is not None
-        and inv.created_at < oldest
+        # Just before the first pair: one billing period at the edge of the history, not an
+        # older one-off Stripe invoice from before the account was invoiced this way.
+        and oldest - ORPHAN_REACH <= inv.created_at < oldest
     )
 
 
