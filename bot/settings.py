@@ -245,10 +245,21 @@ class Settings(BaseSettings):
 
     @property
     def use_sandbox(self) -> bool:
-        """True when SANDBOX=1, or no provider key is set and SANDBOX is not 0."""
+        """True when SANDBOX=1, or no provider key is set and SANDBOX is not 0 (`load()` refuses
+        SANDBOX=0 without a key, so this never means "no providers at all")."""
         if self.sandbox is not None:
-            return self.sandbox or not self.enabled_providers
+            return self.sandbox
         return not self.enabled_providers
+
+    def combination_problems(self) -> list[str]:
+        """Problems of variables that are each valid but do not go together."""
+        problems: list[str] = []
+        if self.sandbox is False and not self.enabled_providers:
+            problems.append(
+                "SANDBOX: is 0 but no provider key is set; set STRIPE_API_KEY, ORB_API_KEY or "
+                "METRONOME_API_KEY, or unset SANDBOX to use the built-in sandbox."
+            )
+        return problems
 
     def require(self, mode: Mode) -> None:
         """Check what `mode` needs; raise `ConfigError` with one line per problem."""
@@ -285,7 +296,7 @@ class Settings(BaseSettings):
     def load(cls, **overrides: Any) -> Settings:
         """Read the environment (and `.env`); raise `ConfigError` listing every bad variable."""
         try:
-            return cls(**overrides)
+            settings = cls(**overrides)
         except ValidationError as exc:
             lines = []
             for err in exc.errors():
@@ -293,6 +304,10 @@ class Settings(BaseSettings):
                 msg = str(err["msg"]).removeprefix("Value error, ")
                 lines.append(f"{name}: {msg}")
             raise ConfigError("\n".join(lines)) from None
+        problems = settings.combination_problems()
+        if problems:
+            raise ConfigError("\n".join(problems))
+        return settings
 
 
 def _split(value: str) -> list[str]:

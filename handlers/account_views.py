@@ -10,6 +10,7 @@ from bot.domain.models import (
     PROVIDER_LABELS,
     BillingSnapshot,
     Invoice,
+    InvoiceMirror,
     PaymentStatus,
     ProviderSnapshot,
     Subscription,
@@ -74,20 +75,39 @@ def _usage_lines(snap: ProviderSnapshot, sub: Subscription | None) -> list[str]:
     return [f"{escape(metric)}: {qty:,.0f}" for metric, qty in ranked]
 
 
-def _invoice_line(inv: Invoice, *, link: bool) -> str:
+def _invoice_line(inv: Invoice, *, link: bool, mirror: InvoiceMirror | None = None) -> str:
     label = f"`{inv.id}`"
     if link and inv.url:
         label = f"<{inv.url}|{inv.number or inv.id}>"
-    return (
+    text = (
         f"{label} {fmt_date(inv.created_at)} · *{inv.total}* · {inv.status.value.replace('_', ' ')}"
     )
+    if mirror is not None and mirror.copy.id == inv.id:
+        source = mirror.source
+        text += f" · copy of {PROVIDER_LABELS.get(source.provider)} `{source.number or source.id}`"
+    elif mirror is not None:
+        text += f" · collected by Stripe as `{mirror.copy.id}`"
+    return text
 
 
-def provider_blocks(snap: ProviderSnapshot, *, sandbox: bool) -> list[Block]:
-    """The blocks of one provider's column."""
+def provider_blocks(
+    snap: ProviderSnapshot,
+    *,
+    sandbox: bool,
+    mirrors: tuple[InvoiceMirror, ...] = (),
+    unpaired: tuple[Invoice, ...] = (),
+) -> list[Block]:
+    """The blocks of one provider's column; `mirrors` pair invoices with their Stripe copies,
+    `unpaired` are copies whose source is older than the history read."""
     label = PROVIDER_LABELS.get(snap.provider, snap.provider)
     cust = snap.customer
     sub = _current_sub(snap.subscriptions)
+    paired = {m.copy.id: m for m in mirrors} | {m.source.id: m for m in mirrors}
+    orphans = {i.id for i in unpaired}
+    copies_of = sorted({m.source.provider for m in mirrors})
+    only_copies = bool(snap.invoices) and all(
+        i.id in orphans or (i.id in paired and paired[i.id].copy.id == i.id) for i in snap.invoices
+    )
     ident = f"`{cust.customer_id}`"
     if not sandbox:
         ident = f"<{DASHBOARDS[snap.provider].format(id=cust.customer_id)}|{cust.customer_id}>"
@@ -100,6 +120,9 @@ def provider_blocks(snap: ProviderSnapshot, *, sandbox: bool) -> list[Block]:
             f"*Plan*\n{_status_icon(sub.status)} {escape(sub.plan_name or 'unnamed plan')} "
             f"({sub.status.value.replace('_', ' ')}){period}"
         )
+    elif only_copies:
+        billers = " and ".join(PROVIDER_LABELS.get(p, p) for p in copies_of)
+        fields.append(f"*Role*\ncollects {billers}'s invoices (its invoices are copies)")
     elif snap.invoices or not snap.payments:
         fields.append("*Plan*\nno subscription")
     else:
@@ -129,7 +152,11 @@ def provider_blocks(snap: ProviderSnapshot, *, sandbox: bool) -> list[Block]:
 
     details: list[str] = []
     if snap.invoices:
-        invs = [_invoice_line(i, link=not sandbox) for i in snap.invoices[:INVOICES_SHOWN]]
+        invs = [
+            _invoice_line(i, link=not sandbox, mirror=paired.get(i.id))
+            + (" · copy of an older invoice" if i.id in orphans else "")
+            for i in snap.invoices[:INVOICES_SHOWN]
+        ]
         details.append("*Recent invoices*\n" + "\n".join(invs))
     if snap.payments:
         rows = [
@@ -170,6 +197,29 @@ def provider_blocks(snap: ProviderSnapshot, *, sandbox: bool) -> list[Block]:
     return blocks
 
 
+def _labels(providers: tuple[str, ...]) -> str:
+    names = [PROVIDER_LABELS.get(p, p) for p in providers]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def account_notes(snapshot: BillingSnapshot) -> list[Block]:
+    """How the account was put together, where the engineer should know: customers joined by
+    email only, and providers that were not asked."""
+    blocks: list[Block] = []
+    email_only = snapshot.account.email_only
+    if email_only:
+        blocks.append(
+            context(
+                f":link: *{_labels(email_only)} matched by email only* — no account ID in common "
+                "with the rest; check that this is the same customer."
+            )
+        )
+    for skipped in snapshot.skipped:
+        label = PROVIDER_LABELS.get(skipped.provider, skipped.provider)
+        blocks.append(context(f":information_source: *{label}: {skipped.reason}*."))
+    return blocks
+
+
 def snapshot_reply(snapshot: BillingSnapshot, *, sandbox: bool = False) -> Reply:
     """The whole account view."""
     acct = snapshot.account
@@ -187,9 +237,17 @@ def snapshot_reply(snapshot: BillingSnapshot, *, sandbox: bool = False) -> Reply
     for failure in snapshot.failures:
         label = PROVIDER_LABELS.get(failure.provider, failure.provider)
         blocks.append(context(f":warning: *{label}: {failure.reason}* — the rest is shown."))
+    blocks.extend(account_notes(snapshot))
     for snap in snapshot.providers:
         blocks.append(divider())
-        blocks.extend(provider_blocks(snap, sandbox=sandbox))
+        blocks.extend(
+            provider_blocks(
+                snap,
+                sandbox=sandbox,
+                mirrors=snapshot.mirrors,
+                unpaired=snapshot.unpaired_copies,
+            )
+        )
     if not snapshot.providers:
         blocks.append(section("No provider could answer for this account right now."))
     failed = ", ".join(

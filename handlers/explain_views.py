@@ -20,12 +20,13 @@ from bot.services.explain import (
     has_unexplained,
     invoice_name,
     percent,
+    prepaid_text,
     provider_label,
     signed,
     without_amount,
 )
 from bot.services.wording import Wording
-from handlers.account_views import fmt_date
+from handlers.account_views import account_notes, fmt_date
 from handlers.views import (
     MAX_SECTION,
     Block,
@@ -59,6 +60,9 @@ def _context_line(snapshot: BillingSnapshot, invoice: Invoice, *, sandbox: bool)
     if snapshot.account.account_id:
         parts.append(f"`{snapshot.account.account_id}`")
     parts.append(f"billed by {provider_label(invoice.provider)}")
+    mirror = snapshot.mirror_of(invoice.id)
+    if mirror is not None:
+        parts.append(f"collected by Stripe as `{mirror.copy.id}`")
     if sandbox:
         parts.append("sandbox data")
     if snapshot.fetched_at:
@@ -180,12 +184,24 @@ def _dashboard_link(invoice: Invoice, snapshot: BillingSnapshot) -> str:
 
 
 def invoices_text(explanation: Explanation, snapshot: BillingSnapshot, *, sandbox: bool) -> str:
-    """Links to the explained invoice and the one it was compared with."""
+    """Links to the explained invoice, the Stripe copy that collected it, and the one it was
+    compared with."""
     rows = [f"This: {_invoice_link(explanation.current, snapshot, sandbox=sandbox)}"]
+    mirror = snapshot.mirror_of(explanation.current.id)
+    if mirror is not None:
+        copy = _invoice_link(mirror.copy, snapshot, sandbox=sandbox)
+        rows.append(f"Collected by Stripe as: {copy} (matched by {escape(mirror.evidence)})")
     if explanation.previous is not None:
         previous = _invoice_link(explanation.previous, snapshot, sandbox=sandbox)
         rows.append(f"Compared with: {previous}")
     return "*Invoices*\n" + "\n".join(rows)
+
+
+def prepaid_section(explanation: Explanation) -> str | None:
+    """Prepaid credit drawn by the invoice, against the previous one, and how long it lasts."""
+    if explanation.prepaid is None:
+        return None
+    return f":battery: *Prepaid credit*: {escape(prepaid_text(explanation.prepaid))}"
 
 
 def explanation_view(result: ExplainResult, *, sandbox: bool = False) -> Reply:
@@ -197,6 +213,7 @@ def explanation_view(result: ExplainResult, *, sandbox: bool = False) -> Reply:
         header(f"{title} · why invoice {invoice_name(current)} changed"),
         _context_line(snapshot, current, sandbox=sandbox),
         *_failure_blocks(result.missing),
+        *account_notes(snapshot),
         section(summary_line(explanation)),
     ]
     if result.wording.text:
@@ -206,6 +223,7 @@ def explanation_view(result: ExplainResult, *, sandbox: bool = False) -> Reply:
     for text in (
         findings_text(explanation),
         share_text(explanation),
+        prepaid_section(explanation),
         duplicates_text(explanation),
     ):
         if text:
@@ -258,6 +276,7 @@ def draft_view(result: DraftResult, *, regenerate: str, sandbox: bool = False) -
             + (" · sandbox data" if sandbox else "")
         ),
         *_failure_blocks(result.missing),
+        *account_notes(snapshot),
         # plain_text: the engineer copies exactly what is shown, no mrkdwn surprises.
         {
             "type": "section",

@@ -978,6 +978,9 @@ def _invoice(
         url=str(external["pdf_url"]) if external.get("pdf_url") else None,
         memo=str(memo) if memo else None,
         lines=tuple(lines),
+        # Metronome names the invoice it created in its billing provider (the Stripe invoice).
+        links=(str(external["invoice_id"]),) if external.get("invoice_id") else (),
+        collected_by="stripe" if external.get("billing_provider_type") == "stripe" else None,
         raw=raw,
     )
 
@@ -1053,8 +1056,11 @@ def _balance(raw: Mapping[str, Any], now: datetime) -> CreditBalance | None:
         return None
     schedule = _obj(raw.get("access_schedule"))
     credit_type = schedule.get("credit_type")
-    # No credit type on the schedule means the default fiat type, USD (cents).
-    currency = "usd" if credit_type is None else fiat_currency(credit_type)
+    if not isinstance(credit_type, Mapping):
+        # USD (cents) is only the default of the *create* call; a balance whose unit is not
+        # stated cannot be read as money, so the response is malformed rather than guessed.
+        raise ProviderBadResponse("metronome", "Metronome sent a balance with no credit type")
+    currency = fiat_currency(credit_type)
     if currency is None:
         return None  # a balance in a custom pricing unit is not money
     remaining = _cents(raw.get("balance"), currency)

@@ -424,6 +424,10 @@ class OrbBillingProvider:
     def _customer(self, raw: Mapping[str, Any]) -> CustomerRecord:
         currency = _currency(raw.get("currency"))
         balance = raw.get("balance")
+        if currency is None and balance not in (None, "") and Decimal(str(balance)) != 0:
+            # Orb sets a customer's currency with its first price; a balance without one is
+            # malformed, and guessing USD would show a wrong amount.
+            raise _no_currency("a customer balance")
         return CustomerRecord(
             provider="orb",
             customer_id=str(raw["id"]),
@@ -432,7 +436,9 @@ class OrbBillingProvider:
             email=raw.get("email") or None,
             currency=currency,
             # Orb's positive balance is credit for the customer; ours is Stripe's (positive = owes).
-            balance=-Money.of(balance, currency or "usd") if balance not in (None, "") else None,
+            balance=-Money.of(balance, currency)
+            if currency and balance not in (None, "")
+            else None,
             created_at=_time(raw.get("created_at")),
             dashboard_url=DASHBOARD_URL.format(id=quote(str(raw["id"]), safe="")),
             raw=raw,
@@ -448,7 +454,9 @@ class OrbBillingProvider:
         costs: list[Mapping[str, Any]],
         now: datetime,
     ) -> ProviderSnapshot:
-        currency = customer.currency or _first_currency(invoices) or "usd"
+        currency = customer.currency or _first_currency(invoices)
+        if currency is None and (credit_blocks or costs):
+            raise _no_currency("credits or costs for a customer")
         subs = tuple(
             sorted(
                 (_subscription(s, now) for s in subscriptions),
@@ -456,7 +464,13 @@ class OrbBillingProvider:
             )
         )
         plan_by_sub = {s.id: s.plan_name for s in subs}
-        mapped = [_invoice(i, customer.customer_id, plan_by_sub, now) for i in invoices]
+        # A customer set up for Stripe Invoicing has its invoices synced to Stripe, which
+        # collects them (docs.withorb.com/integrations-and-exports/stripe).
+        invoicing = customer.raw.get("payment_provider") == "stripe_invoice"
+        mapped = [
+            _invoice(i, customer.customer_id, plan_by_sub, now, stripe_invoicing=invoicing)
+            for i in invoices
+        ]
         mapped.sort(key=lambda inv: _neg_time(inv.created_at))
         drafts = [inv for inv in mapped if inv.status is InvoiceStatus.DRAFT]
         final = tuple(inv for inv in mapped if inv.status is not InvoiceStatus.DRAFT)
@@ -465,7 +479,7 @@ class OrbBillingProvider:
             key=lambda p: p.created_at,
             reverse=True,
         )
-        balances = [_credit_block(b, currency) for b in credit_blocks]
+        balances = [_credit_block(b, currency) for b in credit_blocks if currency]
         orb_balance = -customer.balance if customer.balance is not None else None
         if orb_balance is not None and not orb_balance.is_zero():
             balances.append(
@@ -486,7 +500,7 @@ class OrbBillingProvider:
             upcoming_invoice=drafts[0] if drafts else None,
             payments=tuple(payments),
             balances=tuple(balances),
-            usage=_usage(costs, currency),
+            usage=_usage(costs, currency) if currency else (),
         )
 
 
@@ -542,13 +556,22 @@ def _recurring_amount(raw: Mapping[str, Any], now: datetime, currency: str | Non
         amount = Decimal(unit) * qty
         total = amount if total is None else total + amount
         currency = currency or _currency(price.get("currency"))
-    return Money(total, currency or "usd") if total is not None else None
+    if total is None:
+        return None
+    if currency is None:
+        raise _no_currency("a subscription price")
+    return Money(total, currency)
 
 
 def _invoice(
-    raw: Mapping[str, Any], customer_id: str, plan_by_sub: Mapping[str, str | None], now: datetime
+    raw: Mapping[str, Any],
+    customer_id: str,
+    plan_by_sub: Mapping[str, str | None],
+    now: datetime,
+    *,
+    stripe_invoicing: bool = False,
 ) -> Invoice:
-    cur = _currency(raw.get("currency")) or "usd"
+    cur = _invoice_currency(raw)
     lines: list[InvoiceLine] = []
     discount = tax = credits = Decimal(0)
     for item in raw.get("line_items") or ():
@@ -602,8 +625,16 @@ def _invoice(
         if isinstance(num_attempts, int)
         else len(raw.get("payment_attempts") or ()),
         lines=tuple(lines),
+        links=_links(raw),
+        collected_by="stripe" if stripe_invoicing or raw.get("status") == "synced" else None,
         raw=raw,
     )
+
+
+def _links(raw: Mapping[str, Any]) -> tuple[str, ...]:
+    """IDs of the invoice elsewhere that the Orb invoice names (its metadata values)."""
+    metadata = _map(raw.get("metadata"))
+    return tuple(dict.fromkeys(v for v in metadata.values() if isinstance(v, str) and v))
 
 
 def _invoice_status(raw: Mapping[str, Any], now: datetime) -> InvoiceStatus:
@@ -614,6 +645,11 @@ def _invoice_status(raw: Mapping[str, Any], now: datetime) -> InvoiceStatus:
         return InvoiceStatus.VOID
     if status == "paid" or raw.get("paid_at"):
         return InvoiceStatus.PAID
+    if status == "synced":
+        # Synced to an external invoicing provider (Stripe): a one-way sync, so Orb does not
+        # know whether it was paid; the copy there tells (bot.domain.mirrors). Never past due
+        # on Orb's say-so.
+        return InvoiceStatus.OPEN
     # `issued` (or `synced` to an external invoicing provider) and not paid yet.
     due = _time(raw.get("due_date"))
     if raw.get("payment_failed_at") or (due is not None and due < now):
@@ -726,7 +762,7 @@ def metric_name(price: Mapping[str, Any], *, fallback: str | None = None) -> str
 
 
 def _payments(raw: Mapping[str, Any], customer_id: str) -> list[Payment]:
-    cur = _currency(raw.get("currency")) or "usd"
+    cur = _invoice_currency(raw)
     invoice_id = str(raw["id"])
     out: list[Payment] = []
     for attempt in raw.get("payment_attempts") or ():
@@ -922,6 +958,18 @@ def _money(value: Any, currency: str) -> Money | None:
 
 def _currency(value: Any) -> str | None:
     return value.lower() if isinstance(value, str) and value else None
+
+
+def _no_currency(what: str) -> ProviderBadResponse:
+    return ProviderBadResponse("orb", f"Orb sent {what} with no currency")
+
+
+def _invoice_currency(raw: Mapping[str, Any]) -> str:
+    """An invoice's currency (always sent by Orb); missing means malformed, never USD."""
+    currency = _currency(raw.get("currency"))
+    if currency is None:
+        raise _no_currency("an invoice")
+    return currency
 
 
 def _first_currency(invoices: Iterable[Mapping[str, Any]]) -> str | None:

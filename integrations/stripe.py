@@ -194,6 +194,26 @@ def _money(minor: Any, currency: str) -> Money:
     return Money.from_minor(int(minor or 0), currency)
 
 
+def _currency(raw: Mapping[str, Any], what: str) -> str:
+    """The object's ISO currency. Stripe always sends one on money-bearing objects; a missing one
+    is a malformed response, never a guess (a wrong currency is a wrong amount)."""
+    value = raw.get("currency")
+    if not isinstance(value, str) or not value.strip():
+        raise ProviderBadResponse("stripe", f"Stripe sent {what} with no currency")
+    return value.strip().lower()
+
+
+def _balance_currency(raw: Mapping[str, Any]) -> str | None:
+    """A customer's currency: None for a customer never billed (no currency, zero balance); a
+    balance with no currency is malformed."""
+    value = raw.get("currency")
+    if isinstance(value, str) and value.strip():
+        return value.strip().lower()
+    if int(raw.get("balance") or 0) != 0:
+        raise ProviderBadResponse("stripe", "Stripe sent a customer balance with no currency")
+    return None
+
+
 def _sum_minor(
     items: Iterable[Mapping[str, Any]] | None, *, where: Callable[[Any], bool] = bool
 ) -> int:
@@ -395,7 +415,7 @@ class StripeBillingProvider:
         return await self._search(f"email:{_search_literal(email)}")
 
     def _customer(self, raw: JSON) -> CustomerRecord:
-        currency = str(raw.get("currency") or "usd")
+        currency = _balance_currency(raw)
         balance = raw.get("balance")
         metadata = _obj(raw.get("metadata"))
         account_id = metadata.get(self._metadata_key)
@@ -406,8 +426,8 @@ class StripeBillingProvider:
             account_id=str(account_id) if account_id else None,
             name=raw.get("name"),
             email=raw.get("email"),
-            currency=raw.get("currency"),
-            balance=_money(balance, currency) if balance is not None else None,
+            currency=currency,
+            balance=_money(balance, currency) if balance is not None and currency else None,
             delinquent=bool(raw.get("delinquent")),
             created_at=_dt(raw.get("created")),
             dashboard_url=f"https://dashboard.stripe.com/{mode}customers/{raw['id']}",
@@ -774,7 +794,7 @@ class StripeBillingProvider:
         balances: tuple[CreditBalance, ...] = ()
         raw_balance = int(raw_customer.get("balance") or 0)
         if raw_balance:
-            currency = str(raw_customer.get("currency") or "usd")
+            currency = _currency(raw_customer, "a customer balance")
             balances = (
                 CreditBalance(
                     provider="stripe",
@@ -1026,7 +1046,7 @@ class _Mapper:
     # subscriptions
 
     def subscription(self, raw: JSON) -> Subscription:
-        currency = str(raw.get("currency") or "usd")
+        currency = _currency(raw, "a subscription")
         items = _items(raw)
         licensed = [
             i for i in items
@@ -1081,7 +1101,7 @@ class _Mapper:
         }.get(str(status), InvoiceStatus.DRAFT)
 
     def invoice(self, raw: JSON, lines: list[JSON], customer_id: str) -> Invoice:
-        currency = str(raw["currency"])
+        currency = _currency(raw, "an invoice")
         credits = _sum_minor(
             raw.get("total_pretax_credit_amounts"),
             where=lambda c: c.get("type") == "credit_balance_transaction",
@@ -1125,6 +1145,13 @@ class _Mapper:
             memo=raw.get("description"),
             attempt_count=int(raw.get("attempt_count") or 0),
             lines=mapped,
+            # A billing provider that invoices through Stripe names its own invoice in the
+            # metadata (Orb: `orb_invoice_id`); every value is offered, the pairing decides.
+            links=tuple(
+                dict.fromkeys(
+                    str(v) for v in _obj(raw.get("metadata")).values() if isinstance(v, str) and v
+                )
+            ),
             raw=raw,
         )
 
@@ -1190,7 +1217,7 @@ class _Mapper:
     # payments
 
     def payment(self, raw: JSON, customer_id: str, invoice_id: str | None) -> Payment:
-        currency = str(raw["currency"])
+        currency = _currency(raw, "a charge")
         return Payment(
             provider="stripe",
             id=str(raw["id"]),
@@ -1209,7 +1236,7 @@ class _Mapper:
         )
 
     def refund(self, raw: JSON) -> Refund:
-        currency = str(raw["currency"])
+        currency = _currency(raw, "a refund")
         metadata = {str(k): str(v) for k, v in _obj(raw.get("metadata")).items()}
         return Refund(
             provider="stripe",
@@ -1224,7 +1251,7 @@ class _Mapper:
         )
 
     def dispute(self, raw: JSON) -> Dispute:
-        currency = str(raw["currency"])
+        currency = _currency(raw, "a dispute")
         return Dispute(
             provider="stripe",
             id=str(raw["id"]),
@@ -1270,4 +1297,4 @@ def _usage_cost(price: Mapping[str, Any] | None, quantity: Decimal) -> Money | N
         unit = Decimal(int(price["unit_amount"]))
     if unit is None:
         return None
-    return Money.from_minor(quantity * unit, str(price.get("currency") or "usd"))
+    return Money.from_minor(quantity * unit, _currency(price, "a price"))

@@ -96,6 +96,7 @@ EMOJI = {
     "large_green_circle": "●", "large_blue_circle": "●", "red_circle": "●", "white_circle": "○",
     "rotating_light": "🚨", "white_check_mark": "✓", "robot_face": "🤖", "memo": "📝",
     "lock": "🔒", "mag": "🔍", "moneybag": "💰", "information_source": "ℹ",
+    "battery": "🔋", "link": "🔗",
 }  # fmt: skip
 _EMOJI_RE = re.compile(r":([a-z0-9_+\-]+):")
 

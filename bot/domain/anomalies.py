@@ -1484,17 +1484,18 @@ def _duplicates(
         key=lambda i: i.created_at,  # type: ignore[arg-type, return-value]
     )
     targets: dict[str, tuple[Invoice, Invoice | None]] = {}
-    paid_now = {p.invoice_id for p in recent if p.invoice_id}
+    aliases = {m.copy.id: m.source.id for m in snapshot.mirrors}
+    paid_now = {aliases.get(p.invoice_id, p.invoice_id) for p in recent if p.invoice_id}
     by_provider: dict[str, list[Invoice]] = {}
     for inv in invoices:
         by_provider.setdefault(inv.provider, []).append(inv)
     for group in by_provider.values():
         for i, inv in enumerate(group):
             if inv.id in paid_now or i == len(group) - 1:
-                targets[inv.id] = (inv, group[i - 1] if i > 0 else None)
+                targets[inv.id] = (inv, group[i + 1] if i + 1 < len(group) else None)
     found: dict[tuple[str, str], Finding] = {}
-    for inv, previous in targets.values():
-        for f in duplicate_charges(inv, previous, payments):
+    for inv, following in targets.values():
+        for f in duplicate_charges(inv, following, payments, aliases):
             key = (f.detail.get("first_payment", ""), f.detail.get("duplicate_payment", ""))
             found.setdefault(key, f)
     out = []

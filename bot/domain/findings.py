@@ -18,12 +18,13 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, localcontext
 from itertools import product
 
 from bot.domain.models import (
+    CreditBalance,
     Invoice,
     InvoiceLine,
     InvoiceStatus,
@@ -39,8 +40,6 @@ ZERO = Decimal(0)
 _MIN_DATE = datetime.min.replace(tzinfo=UTC)
 #: Two successful charges of one amount this close together, not for two invoices, are a duplicate.
 DUPLICATE_WINDOW = timedelta(hours=24)
-#: With no previous invoice, payments this far before the invoice date are still looked at.
-_FIRST_INVOICE_LOOKBACK = timedelta(days=31)
 #: Billing periods differing by more than this are called out (months are 28–31 days).
 _PERIOD_SLACK_DAYS = 3
 
@@ -108,6 +107,28 @@ class Explanation:
     notes: tuple[str, ...] = ()
     #: Duplicate or retried charges; they don't change the invoice total, so they stand apart.
     duplicate_payments: tuple[Finding, ...] = ()
+    #: Usage drawn from prepaid credit, when it changed: the total may not show it at all.
+    prepaid: PrepaidBurn | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PrepaidBurn:
+    """Prepaid credit or commit drawn by this invoice against the previous one."""
+
+    drawn: Money  # credits applied to this invoice
+    previous_drawn: Money  # to the previous invoice (zero when it drew none)
+    #: drawn / previous_drawn; None when the previous invoice drew nothing.
+    rate: Decimal | None
+    #: The prepaid balance left now (the provider's credits and commits), when known; only for
+    #: the latest invoice, where "now" and "after this invoice" are the same.
+    remaining: Money | None
+    period_days: int | None
+    #: remaining / drawn: how many more periods like this one the balance covers.
+    periods_left: Decimal | None
+    #: At this invoice's daily rate, the day the balance runs out (None when unknown or gone).
+    runs_out: date | None
+    #: The usage findings (one per metric) behind the change in what was drawn.
+    usage: tuple[Finding, ...] = ()
 
 
 # --------------------------------------------------------------------------- picking invoices
@@ -120,6 +141,19 @@ def _order_key(inv: Invoice) -> tuple[datetime, datetime, str]:
 
 def _is_final(inv: Invoice) -> bool:
     return inv.status not in (InvoiceStatus.DRAFT, InvoiceStatus.VOID)
+
+
+def _is_later(inv: Invoice, than: Invoice) -> bool:
+    """True when `inv` is known to come after `than`: by invoice date when both have one, else
+    by billing period (end, then start). Unknown order is not "later"."""
+    for a, b in (
+        (inv.created_at, than.created_at),
+        (inv.period_end, than.period_end),
+        (inv.period_start, than.period_start),
+    ):
+        if a is not None and b is not None and a != b:
+            return a > b
+    return False
 
 
 def pick_invoices(
@@ -202,15 +236,15 @@ def _pick_previous(
 ) -> tuple[Invoice | None, Invoice | None, list[str]]:
     """(previous comparable invoice, other-currency invoice if that is all there is, notes)."""
     notes: list[str] = []
-    cur_key = _order_key(current)
     candidates = [
         inv
         for inv in history
         if inv.id != current.id
         and inv.provider == current.provider
         and _is_final(inv)
-        # A caller may pass every invoice; never compare with a later one.
-        and not (inv.created_at and current.created_at and _order_key(inv) > cur_key)
+        # A caller may pass every invoice; never compare with a later one (by its period when
+        # an invoice has no date).
+        and not _is_later(inv, current)
     ]
     candidates.sort(key=_order_key, reverse=True)
     category = _category(current)
@@ -353,8 +387,10 @@ class _Parts:
 
     @property
     def base(self) -> Decimal:
-        """The taxable amount: lines after discounts."""
-        return self.lines_total - self.discount
+        """The taxable amount: lines after discounts and after prepaid credits, which every
+        provider applies before tax (Stripe's pretax credits, Orb's credits on the line); a
+        customer balance is applied after tax and is not part of it."""
+        return self.lines_total - self.discount - self.credits
 
 
 def _amount_in(money: Money | None, currency: str) -> Decimal | None:
@@ -459,37 +495,45 @@ _MONTHS = (
     r"jan(uary)?|feb(ruary)?|mar(ch)?|apr(il)?|may|june?|july?|aug(ust)?|"
     r"sep(t|tember)?|oct(ober)?|nov(ember)?|dec(ember)?"
 )
-# Numbers, amounts and dates standing alone ("3 ×", "$20.00", "2024-03-01"), not digits that are
-# part of a name ("metric_59", "A100", "v2").
-_NUMBER_RE = re.compile(r"(?<![a-z0-9_])[-+]?[$€£¥]?\d[\d,.:/-]*(?![a-z0-9_])")
-_MONTH_RE = re.compile(rf"\b({_MONTHS})\b")
+_WEEKDAYS = r"mon(day)?|tue(s|sday)?|wed(nesday)?|thu(rs|rsday)?|fri(day)?|sat(urday)?|sun(day)?"
+# Units that follow a quantity written without a space ("100GB", "1.5M", "720h", "3x").
+_UNITS = r"k|m|mm|b|bn|kb|mb|gb|tb|pb|kib|mib|gib|tib|h|hr|hrs|min|mins|s|ms|x|st|nd|rd|th"
+# Pieces of a description that change from one invoice to the next while the line stays the
+# same thing: ISO dates and times, quantities and amounts standing alone or with a unit, period
+# words ("Q3", "H1", "FY2025"), month and weekday names. Digits inside a name ("metric_59",
+# "A100", "v2", "gpt-4o") are kept: they are part of what the line is.
+_STRIP_RES = (
+    re.compile(r"\d{4}-\d{2}-\d{2}(?:t\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:z|[+-]\d{2}:?\d{2})?)?"),
+    re.compile(rf"(?<![a-z0-9_])[-+]?[$€£¥]?\d[\d,.:/-]*(?:\s?(?:{_UNITS}))?(?![a-z0-9_])"),
+    re.compile(r"\b(?:q[1-4]|h[12]|fy\d{2,4})\b"),
+    re.compile(rf"\b(?:{_MONTHS}|{_WEEKDAYS})\b"),
+)
 _NON_WORD_RE = re.compile(r"[^a-z0-9_]+")
 
 
-def _normalise_description(text: str) -> str | None:
-    """A description without quantities, prices and dates, for last-resort matching."""
-    text = _NUMBER_RE.sub(" ", text.lower())
-    text = _MONTH_RE.sub(" ", text)
+def normalise_description(text: str) -> str | None:
+    """A line description with quantities, prices, dates and period text stripped and case and
+    whitespace folded, so that one line matches itself from invoice to invoice; None when
+    nothing is left (a description that is only numbers names nothing)."""
+    text = text.casefold()
+    for pattern in _STRIP_RES:
+        text = pattern.sub(" ", text)
     text = " ".join(_NON_WORD_RE.sub(" ", text).split())
     return text or None
 
 
-_LEVELS = ("price", "product", "metric", "description")
+#: Matching levels by ID, strongest first; lines left over are matched by description.
+_ID_LEVELS = ("price", "product", "metric")
 
 
 def _key(line: InvoiceLine, level: str) -> str | None:
-    """The line's key at one matching level. Below the price level, a different metric or
-    product means a different thing, so they are part of the key."""
+    """The line's key at one ID level. Below the price level a different metric means a
+    different thing, so it is part of the product key."""
     if level == "price":
         return line.price_id or None
     if level == "product":
         return f"{line.product_id}\x00{line.metric or ''}" if line.product_id else None
-    if level == "metric":
-        return line.metric or None
-    description = _normalise_description(line.description)
-    if description is None:
-        return None
-    return f"{description}\x00{line.metric or ''}\x00{line.product_id or ''}"
+    return line.metric or None
 
 
 @dataclass(slots=True)
@@ -508,14 +552,66 @@ def _group(lines: Iterable[InvoiceLine], level: str) -> dict[str, list[InvoiceLi
     return groups
 
 
+def _compatible(a: InvoiceLine, b: InvoiceLine) -> bool:
+    """Lines with one description are the same thing unless their metrics say otherwise."""
+    return not (a.metric and b.metric and a.metric != b.metric)
+
+
+def _pair_by_description(
+    previous: list[InvoiceLine], current: list[InvoiceLine]
+) -> tuple[list[_Match], list[InvoiceLine], list[InvoiceLine]]:
+    """Pair lines one to one by normalised description: among equal descriptions, unchanged
+    lines (same amount and quantity) pair first, so reordering them changes nothing; the rest
+    pair by position."""
+    by_key: dict[str, list[InvoiceLine]] = {}
+    for line in previous:
+        key = normalise_description(line.description)
+        if key is not None:
+            by_key.setdefault(key, []).append(line)
+    matches: list[_Match] = []
+    used: set[int] = set()
+    waiting: list[tuple[InvoiceLine, list[InvoiceLine]]] = []
+    for line in current:
+        key = normalise_description(line.description)
+        candidates = by_key.get(key) if key is not None else None
+        if not candidates:
+            continue
+        twin = next(
+            (
+                p
+                for p in candidates
+                if id(p) not in used
+                and p.amount == line.amount
+                and p.quantity == line.quantity
+                and _compatible(p, line)
+            ),
+            None,
+        )
+        if twin is None:
+            waiting.append((line, candidates))
+            continue
+        used.update((id(twin), id(line)))
+        matches.append(_Match([twin], [line], "description"))
+    for line, candidates in waiting:
+        first = next((p for p in candidates if id(p) not in used and _compatible(p, line)), None)
+        if first is not None:
+            used.update((id(first), id(line)))
+            matches.append(_Match([first], [line], "description"))
+    prev_left = [line for line in previous if id(line) not in used]
+    cur_left = [line for line in current if id(line) not in used]
+    return matches, prev_left, cur_left
+
+
 def _match_lines(
     previous: list[InvoiceLine], current: list[InvoiceLine]
 ) -> tuple[list[_Match], list[InvoiceLine], list[InvoiceLine]]:
-    """Match lines by price ID, else product ID, else metric, else normalised description;
-    lines sharing a key on one invoice are taken together."""
+    """Match lines by the strongest key each side has: price ID, else product ID, else metric
+    (lines sharing such a key on one invoice are taken together, e.g. a tiered price's tiers);
+    else one to one by normalised description, position breaking ties. Returns the matches, the
+    previous lines left unmatched (removed) and the current ones (new)."""
     prev_left, cur_left = previous, current
     matches: list[_Match] = []
-    for level in _LEVELS:
+    for level in _ID_LEVELS:
         if not prev_left or not cur_left:
             break
         prev_groups = _group(prev_left, level)
@@ -531,6 +627,9 @@ def _match_lines(
         if used:
             prev_left = [line for line in prev_left if id(line) not in used]
             cur_left = [line for line in cur_left if id(line) not in used]
+    if prev_left and cur_left:
+        pairs, prev_left, cur_left = _pair_by_description(prev_left, cur_left)
+        matches.extend(pairs)
     return matches, prev_left, cur_left
 
 
@@ -583,6 +682,8 @@ class _Builder:
         self.notes: list[str] = []
         self.plan_now = _plan_name(current, plans)
         self.plan_before = _plan_name(previous, plans) if previous else None
+        #: A recurring fee line matched from one invoice to the other.
+        self.fee_kept = False
 
     @property
     def plan_switched(self) -> bool:
@@ -625,9 +726,13 @@ class _Builder:
 
     def matched(self, match: _Match) -> None:
         before, now = match.previous, match.current
+        if any(ln.kind is LineKind.SUBSCRIPTION for ln in before) and any(
+            ln.kind is LineKind.SUBSCRIPTION for ln in now
+        ):
+            self.fee_kept = True
         a0, a1 = _sum(before), _sum(now)
         delta = a1 - a0
-        if delta == 0:
+        if delta == 0 and not self._offsetting(before, now):
             return
         refs = _line_refs(before, now)
         label = _label(now)
@@ -667,6 +772,15 @@ class _Builder:
                 self._price_finding(label, usage, metric, refs, p0, p1, q1, price, detail)
                 return
         self._whole_delta(label, usage, metric, refs, q0, q1, a0, a1, base_detail)
+
+    @staticmethod
+    def _offsetting(before: Sequence[InvoiceLine], now: Sequence[InvoiceLine]) -> bool:
+        """True when a line's amount stayed the same only because its quantity and its unit
+        price moved in opposite directions (twice the usage at half the price): both changes
+        are reported, summing to zero, rather than "nothing changed"."""
+        q0, q1 = _quantity(before), _quantity(now)
+        p0, p1 = _unit_price(before), _unit_price(now)
+        return None not in (q0, q1, p0, p1) and q0 != q1 and p0 != p1
 
     def _plan_lines_differ(self, before: Sequence[InvoiceLine], now: Sequence[InvoiceLine]) -> bool:
         old_products = {line.product_id for line in before if line.product_id}
@@ -769,8 +883,11 @@ class _Builder:
             reverse=True,
         )
         # A recurring fee that went away while another arrived is one plan change; the largest
-        # fees pair up, extra ones are ordinary new or removed lines.
+        # fees pair up, extra ones are ordinary new or removed lines. Not when the plan's fee is
+        # still there under the same plan: then an add-on went and another came (two lines).
         pairs = min(len(old_plans), len(new_plans))
+        if self.fee_kept and not self.plan_switched:
+            pairs = 0
         paired: set[int] = set()
         if pairs:
             before, now = old_plans[:pairs], new_plans[:pairs]
@@ -1033,29 +1150,57 @@ def _plan_name(inv: Invoice | None, plans: Mapping[str, str]) -> str | None:
 # --------------------------------------------------------------------------- duplicates
 
 
+def _next_invoice(current: Invoice, history: Sequence[Invoice]) -> Invoice | None:
+    """The first final invoice of the same provider after `current`, if the caller passed it."""
+    later = [
+        inv
+        for inv in history
+        if inv.id != current.id
+        and inv.provider == current.provider
+        and _is_final(inv)
+        and _is_later(inv, current)
+    ]
+    return min(later, key=_order_key) if later else None
+
+
+def _payment_window(
+    current: Invoice, following: Invoice | None
+) -> tuple[datetime | None, datetime | None]:
+    """[start, end) of the invoice's own payment window: from the invoice until the next
+    invoice of the same series (open when there is none yet). Charges not tied to an invoice
+    count for the invoice whose window they fall in."""
+    start = current.created_at or current.period_end or current.period_start
+    end = None
+    if following is not None:
+        end = following.created_at or following.period_end or following.period_start
+    return start, end
+
+
 def _duplicates(
-    current: Invoice, previous: Invoice | None, payments: Sequence[Payment]
+    current: Invoice,
+    following: Invoice | None,
+    payments: Sequence[Payment],
+    aliases: Mapping[str, str],
 ) -> tuple[Finding, ...]:
     """Two successful charges of one amount for the same invoice, or within 24 h and not for two
-    different invoices, around this invoice."""
-    if previous is not None and previous.created_at is not None:
-        since: datetime | None = previous.created_at
-    elif current.created_at is not None:
-        since = current.created_at - _FIRST_INVOICE_LOOKBACK
-    else:
-        since = None
+    different invoices, in this invoice's payment window. `aliases` maps other IDs of an
+    invoice (a Stripe copy that collected it) to the ID the explanation uses."""
+    window = _payment_window(current, following)
     buckets: dict[tuple[str, Money], list[Payment]] = {}
     seen: set[str] = set()
     for pay in sorted(payments, key=lambda p: (p.created_at, p.id)):
         if pay.status is not PaymentStatus.SUCCEEDED or pay.id in seen:
             continue
         seen.add(pay.id)
+        alias = aliases.get(pay.invoice_id) if pay.invoice_id else None
+        if alias is not None:
+            pay = replace(pay, invoice_id=alias)
         buckets.setdefault((pay.provider, pay.amount), []).append(pay)
     found: list[Finding] = []
     for group in buckets.values():
         for index, later in enumerate(group):
             for earlier in group[:index]:
-                if _is_duplicate(current, since, earlier, later):
+                if _is_duplicate(current, window, earlier, later):
                     found.append(_duplicate_finding(earlier, later))
                     break
     found.sort(key=lambda f: (-abs(f.amount.amount), f.detail.get("duplicate_at", ""), f.refs))
@@ -1063,7 +1208,10 @@ def _duplicates(
 
 
 def _is_duplicate(
-    current: Invoice, since: datetime | None, earlier: Payment, later: Payment
+    current: Invoice,
+    window: tuple[datetime | None, datetime | None],
+    earlier: Payment,
+    later: Payment,
 ) -> bool:
     if _same_payment(earlier, later):
         return False
@@ -1075,7 +1223,10 @@ def _is_duplicate(
         return False
     if current.id in (earlier.invoice_id, later.invoice_id):
         return True
-    return since is None or later.created_at > since
+    start, end = window
+    if start is not None and later.created_at < start:
+        return False  # the previous invoice's window
+    return end is None or later.created_at < end
 
 
 def _same_payment(a: Payment, b: Payment) -> bool:
@@ -1147,13 +1298,23 @@ def explain_invoice(
     *,
     payments: Sequence[Payment] = (),
     subscriptions: Sequence[Subscription] = (),
+    balances: Sequence[CreditBalance] = (),
+    invoice_aliases: Mapping[str, str] | None = None,
 ) -> Explanation:
     """Why `current` differs from the previous comparable invoice in `history`: ranked findings
-    that sum exactly to `explained`, the rest `unexplained`, caveats in `notes`."""
+    that sum exactly to `explained`, the rest `unexplained`, caveats in `notes`.
+
+    `history` may hold the provider's other invoices before and after `current`: the earlier
+    ones give the comparison, the next one closes this invoice's payment window (duplicates
+    after it belong to a later invoice). `balances` are the account's prepaid credits and
+    commits now, for how long they last at this invoice's rate (latest invoice only).
+    `invoice_aliases` maps other IDs of an invoice (the Stripe copy that collected it) to its
+    own, so its payments count as its own.
+    """
     # Quantities × sub-cent prices need more digits than the default 28 to stay exact.
     with localcontext() as ctx:
         ctx.prec = 60
-        return _explain(current, history, payments, subscriptions)
+        return _explain(current, history, payments, subscriptions, balances, invoice_aliases or {})
 
 
 def _explain(
@@ -1161,6 +1322,8 @@ def _explain(
     history: Sequence[Invoice],
     payments: Sequence[Payment],
     subscriptions: Sequence[Subscription],
+    balances: Sequence[CreditBalance],
+    aliases: Mapping[str, str],
 ) -> Explanation:
     currency = current.total.currency
     notes: list[str] = []
@@ -1170,7 +1333,8 @@ def _explain(
         notes.append(f"{current.id} is void; it was never collected.")
     previous, foreign, pick_notes = _pick_previous(current, history)
     notes.extend(pick_notes)
-    duplicates = _duplicates(current, previous, payments)
+    following = _next_invoice(current, history)
+    duplicates = _duplicates(current, following, payments, aliases)
     zero = Money.zero(currency)
     if foreign is not None:
         return Explanation(
@@ -1206,6 +1370,10 @@ def _explain(
     unexplained = change - explained
     notes.extend(build.notes)
     notes.extend(_caveats(build, now, before, unexplained))
+    prepaid = None
+    if previous is not None:
+        latest = following is None
+        prepaid = _prepaid_burn(current, now, before, findings, balances if latest else ())
     return Explanation(
         current=current,
         previous=previous,
@@ -1216,6 +1384,54 @@ def _explain(
         explained_share=_share(explained.amount, unexplained.amount),
         notes=tuple(notes),
         duplicate_payments=duplicates,
+        prepaid=prepaid,
+    )
+
+
+# --------------------------------------------------------------------------- prepaid burn
+
+
+def _prepaid_burn(
+    current: Invoice,
+    now: _Parts,
+    before: _Parts,
+    findings: Sequence[Finding],
+    balances: Sequence[CreditBalance],
+) -> PrepaidBurn | None:
+    """How fast this invoice drew on prepaid credit against the previous one, what is left and,
+    at this rate, when it runs out. None when neither invoice drew any, or both drew the same."""
+    c1, c0 = now.credits, before.credits
+    if c1 <= 0 or c1 == c0:
+        return None
+    currency = current.total.currency
+    prepaid = [
+        b
+        for b in balances
+        if b.provider == current.provider
+        and b.kind in ("credits", "commit")
+        and b.remaining.currency == currency
+    ]
+    remaining = (
+        Money(sum((b.remaining.amount for b in prepaid), ZERO), currency) if prepaid else None
+    )
+    days = _period_days(current)
+    runs_out: date | None = None
+    periods_left: Decimal | None = None
+    if remaining is not None:
+        periods_left = max(remaining.amount, ZERO) / c1
+        end = current.period_end or current.created_at
+        if days and end is not None and remaining.amount > 0:
+            runs_out = (end + timedelta(days=float(periods_left * days))).date()
+    usage = tuple(f for f in findings if f.kind is FindingKind.USAGE_GROWTH)
+    return PrepaidBurn(
+        drawn=Money(c1, currency),
+        previous_drawn=Money(c0, currency),
+        rate=(c1 / c0) if c0 > 0 else None,
+        remaining=remaining,
+        period_days=days,
+        periods_left=periods_left,
+        runs_out=runs_out,
+        usage=usage,
     )
 
 
@@ -1262,8 +1478,13 @@ def _caveats(build: _Builder, now: _Parts, before: _Parts, unexplained: Money) -
 
 
 def duplicate_charges(
-    current: Invoice, previous: Invoice | None, payments: Sequence[Payment]
+    current: Invoice,
+    following: Invoice | None,
+    payments: Sequence[Payment],
+    aliases: Mapping[str, str] | None = None,
 ) -> tuple[Finding, ...]:
-    """The duplicate or retried charges around `current` (as `Explanation.duplicate_payments`),
-    without the rest of the explanation: the anomaly detectors' public way to this rule."""
-    return _duplicates(current, previous, payments)
+    """The duplicate or retried charges in `current`'s payment window (up to `following`, the
+    next invoice of its series), as `Explanation.duplicate_payments`, without the rest of the
+    explanation: the anomaly detectors' public way to this rule. `aliases` maps a Stripe copy's
+    invoice ID to its source's (`BillingSnapshot.mirrors`)."""
+    return _duplicates(current, following, payments, aliases or {})

@@ -129,6 +129,8 @@ class GroundingResult:
 
     ok: bool
     problems: tuple[str, ...] = ()
+    #: The kinds of the problems, in the same order (for saying what went wrong in general terms).
+    kinds: tuple[MentionKind, ...] = ()
 
 
 def _empty_quoted() -> Mapping[str, str]:
@@ -313,12 +315,14 @@ def _grounded(mention: Mention, facts: Facts) -> bool:
 
 def check_grounding(text: str, facts: Facts) -> GroundingResult:
     """Check that every amount, date, ID, percentage and number in `text` is in `facts`."""
-    problems: list[str] = []
+    problems: dict[str, MentionKind] = {}
     for mention in extract_mentions(text):
         invalid_date = mention.kind == "date" and not _date_mention_valid(mention)
         if invalid_date or not _grounded(mention, facts):
-            problems.append(mention.text)
-    return GroundingResult(ok=not problems, problems=tuple(dict.fromkeys(problems)))
+            problems.setdefault(mention.text, mention.kind)
+    return GroundingResult(
+        ok=not problems, problems=tuple(problems), kinds=tuple(problems.values())
+    )
 
 
 def format_date(value: date) -> str:

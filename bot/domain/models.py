@@ -155,6 +155,12 @@ class Invoice:
     memo: str | None = None
     attempt_count: int = 0
     lines: tuple[InvoiceLine, ...] = ()
+    #: IDs of this invoice's counterpart in another system, as the invoice itself names them
+    #: (a Stripe invoice's metadata values; Metronome's `external_invoice.invoice_id`).
+    links: tuple[str, ...] = ()
+    #: The provider that collects this invoice when it is not the one that issued it (an Orb or
+    #: Metronome invoice synced to Stripe Invoicing): its payment state lives there.
+    collected_by: ProviderName | None = None
     raw: Raw = field(default_factory=_empty_raw, repr=False, compare=False)
 
 
@@ -341,6 +347,22 @@ class AccountRef:
     customer_ids: Mapping[str, str]  # provider -> customer ID
     display_name: str | None = None
     email: str | None = None
+    #: Providers whose customer joined this account only because its email matched, with no
+    #: account ID shared with the others: shown as "matched by email only", to be checked.
+    email_only: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceMirror:
+    """One invoice seen twice: the billing provider's invoice and the Stripe invoice that
+    collects it. The source is the truth for "billed by" and explanations; the copy carries the
+    payments, refunds and disputes. Counted once."""
+
+    source: Invoice
+    copy: Invoice
+    #: How the two were recognised: "metadata", "external invoice ID", "number", or "amount and
+    #: period" (no link on either side: same total, same service period, unique).
+    evidence: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,6 +373,14 @@ class BillingSnapshot:
     providers: tuple[ProviderSnapshot, ...]
     failures: tuple[ProviderFailure, ...] = ()
     fetched_at: datetime | None = None
+    #: Enabled providers that were not asked at all, and why (e.g. no account ID to find the
+    #: customer by); unlike `failures`, nothing went wrong, but their data is not here either.
+    skipped: tuple[ProviderFailure, ...] = ()
+    #: Invoices of a billing provider and the Stripe invoices that collect them.
+    mirrors: tuple[InvoiceMirror, ...] = ()
+    #: Stripe copies older than every paired one, whose source lies before the history read
+    #: from the billing provider (its window starts at another point): counted nowhere.
+    unpaired_copies: tuple[Invoice, ...] = ()
 
     def get(self, provider: str) -> ProviderSnapshot | None:
         """The snapshot of one provider, if it answered."""
@@ -358,9 +388,15 @@ class BillingSnapshot:
 
     @property
     def invoices(self) -> tuple[Invoice, ...]:
-        """All invoices of all providers, newest first."""
-        items = [inv for p in self.providers for inv in p.invoices]
+        """All invoices of all providers, newest first, each once: a Stripe copy of another
+        provider's invoice is left out (its source stands for it)."""
+        copies = {m.copy.id for m in self.mirrors} | {i.id for i in self.unpaired_copies}
+        items = [inv for p in self.providers for inv in p.invoices if inv.id not in copies]
         return tuple(sorted(items, key=_invoice_sort_key, reverse=True))
+
+    def mirror_of(self, invoice_id: str) -> InvoiceMirror | None:
+        """The mirror pair an invoice (source or copy) belongs to, if any."""
+        return next((m for m in self.mirrors if invoice_id in (m.source.id, m.copy.id)), None)
 
     @property
     def payments(self) -> tuple[Payment, ...]:

@@ -14,12 +14,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Protocol
 
-from bot.domain.findings import Explanation, Finding, FindingKind, explain_invoice, pick_invoices
+from bot.domain.findings import (
+    Explanation,
+    Finding,
+    FindingKind,
+    PrepaidBurn,
+    explain_invoice,
+    pick_invoices,
+)
 from bot.domain.grounding import Facts, FactsBuilder, format_date
 from bot.domain.identifiers import AccountIdentifier
 from bot.domain.models import (
@@ -27,6 +34,7 @@ from bot.domain.models import (
     BillingSnapshot,
     Invoice,
     InvoiceLine,
+    InvoiceMirror,
     LineKind,
     ProviderFailure,
 )
@@ -140,14 +148,29 @@ def _missing_text(failures: Sequence[ProviderFailure]) -> str:
     return f"{names} did not answer"
 
 
+def _copy_named(snapshot: BillingSnapshot, invoice_id: str) -> InvoiceMirror | None:
+    """The mirror whose Stripe copy `invoice_id` names, by ID or by its printed number."""
+    wanted = invoice_id.strip()
+    for mirror in snapshot.mirrors:
+        copy = mirror.copy
+        if copy.id == wanted or (copy.number and copy.number.casefold() == wanted.casefold()):
+            return mirror
+    return None
+
+
 def select_invoice(
     snapshot: BillingSnapshot, invoice_id: str | None = None
 ) -> tuple[Invoice, list[Invoice]]:
     """The latest (or given) final invoice across providers and its provider's older invoices.
+    A Stripe copy of another provider's invoice stands for its source.
 
     Raises `UserError`/`InvalidIdentifier` saying what is missing; when a provider did not answer,
     the message names it.
     """
+    if invoice_id is not None:
+        mirror = _copy_named(snapshot, invoice_id)
+        if mirror is not None:
+            invoice_id = mirror.source.id
     failures = snapshot.failures
     if failures and not snapshot.invoices:
         raise UserError(
@@ -165,12 +188,48 @@ def select_invoice(
 
 
 def explain_snapshot(snapshot: BillingSnapshot, invoice_id: str | None = None) -> Explanation:
-    """Run the findings engine on the snapshot's latest (or given) invoice."""
-    current, older = select_invoice(snapshot, invoice_id)
+    """Run the findings engine on the snapshot's latest (or given) invoice: the billing
+    provider's invoice, never a Stripe copy of it, with the copy's payments counted as its own."""
+    current, _ = select_invoice(snapshot, invoice_id)
+    # The provider's invoices before and after: the next one bounds the payment window.
+    history = [i for i in snapshot.invoices if i.provider == current.provider and i is not current]
     subscriptions = [s for p in snapshot.providers for s in p.subscriptions]
+    balances = [b for p in snapshot.providers for b in p.balances]
+    aliases = {m.copy.id: m.source.id for m in snapshot.mirrors}
     # Every provider's payments: an Orb- or Metronome-billed account pays through Stripe, and
     # duplicates are found per provider anyway.
-    return explain_invoice(current, older, payments=snapshot.payments, subscriptions=subscriptions)
+    explanation = explain_invoice(
+        current,
+        history,
+        payments=snapshot.payments,
+        subscriptions=subscriptions,
+        balances=balances,
+        invoice_aliases=aliases,
+    )
+    notes = _mirror_notes(snapshot, explanation, invoice_id)
+    return replace(explanation, notes=(*notes, *explanation.notes)) if notes else explanation
+
+
+def _mirror_notes(
+    snapshot: BillingSnapshot, explanation: Explanation, invoice_id: str | None
+) -> list[str]:
+    mirror = snapshot.mirror_of(explanation.current.id)
+    if mirror is None:
+        return []
+    source, copy = mirror.source, mirror.copy
+    label = provider_label(source.provider)
+    notes = []
+    if invoice_id is not None and _copy_named(snapshot, invoice_id) is mirror:
+        notes.append(
+            f"{copy.id} is Stripe's copy of {label} invoice {source.id}; it is explained from "
+            f"{label}'s invoice, which is what was billed."
+        )
+    if copy.total != source.total:
+        notes.append(
+            f"Stripe's copy {copy.id} totals {copy.total.format()}, not "
+            f"{source.total.format()}: it was changed in Stripe or Stripe added to it."
+        )
+    return notes
 
 
 # --------------------------------------------------------------------------- formatting
@@ -228,6 +287,48 @@ def has_unexplained(explanation: Explanation) -> bool:
     """True when the findings leave at least half a minor unit of the change unexplained."""
     currency = explanation.unexplained.currency
     return abs(explanation.unexplained.amount) >= _half_minor(currency)
+
+
+def collected_text(mirror: InvoiceMirror) -> str:
+    """`Stripe collected it as invoice in_… (its copy of the Orb invoice).`"""
+    label = provider_label(mirror.source.provider)
+    return (
+        f"{label} issued it; Stripe collected it as invoice {mirror.copy.id} (a copy of the "
+        f"{label} invoice, matched by {mirror.evidence})."
+    )
+
+
+def _pace(rate: Decimal) -> str:
+    """`2× as fast` for a big step, `12% more` for a small one (where "1× as fast" would hide
+    it)."""
+    if rate >= Decimal("1.5"):
+        return f"{rate.quantize(Decimal('0.1')).normalize():f}× as fast"
+    more = ((rate - 1) * 100).quantize(Decimal(1))
+    return f"{more:f}% more"
+
+
+def prepaid_text(burn: PrepaidBurn) -> str:
+    """How fast the invoice drew on prepaid credit, what is left and when it runs out, as one or
+    two sentences with the amounts (grounded: every figure is in the burn itself)."""
+    drawn, before = burn.drawn.format(), burn.previous_drawn.format()
+    if burn.rate is None:
+        text = f"it covered {drawn} of this invoice; the previous invoice drew none."
+    elif burn.drawn > burn.previous_drawn:
+        text = f"it covered {drawn} of this invoice, up from {before} ({_pace(burn.rate)})."
+    else:
+        text = f"it covered {drawn} of this invoice, down from {before}."
+    remaining = burn.remaining
+    if remaining is None:
+        return text
+    if remaining.amount <= 0:
+        return text + " None of it is left."
+    text += f" {remaining.format()} is left"
+    if burn.runs_out is not None:
+        return text + f"; at this rate it runs out around {format_date(burn.runs_out)}."
+    if burn.periods_left is not None:
+        left = burn.periods_left.quantize(Decimal("0.1")).normalize()
+        return text + f", about {left:f} more invoices at this rate."
+    return text + "."
 
 
 # --------------------------------------------------------------------------- facts
@@ -322,8 +423,13 @@ def build_facts(snapshot: BillingSnapshot, explanation: Explanation) -> Facts:
     else:
         facts.add_line(f"{who}.")
     facts.add_line(_invoice_fact(current, "Invoice"))
+    mirror = snapshot.mirror_of(current.id)
+    if mirror is not None:
+        facts.add_line(collected_text(mirror) + " Its payments and refunds are on the Stripe copy.")
     for line in _comparison_facts(explanation):
         facts.add_line(line)
+    if explanation.prepaid is not None:
+        facts.add_line(f"Prepaid credit: {prepaid_text(explanation.prepaid)}")
     for finding in explanation.duplicate_payments:
         facts.add_line(f"Duplicate charge: {finding.summary}{_charge_dates(finding)}.")
     listed = explanation.findings[:MAX_FINDING_FACTS]
@@ -425,6 +531,19 @@ def explain_text(explanation: Explanation, facts: Facts) -> str:
     current, previous = explanation.current, explanation.previous
     parts: list[str] = []
     top = explanation.findings[:SUMMARY_REASONS]
+    burn = explanation.prepaid
+    if burn is not None and comparable(explanation) and explanation.change.is_zero():
+        # "Nothing changed" would be wrong: the total hides usage paid from prepaid credit.
+        usage = "; ".join(
+            f"{_reason_label(f, facts)} {signed(f.amount)}" for f in burn.usage[:SUMMARY_REASONS]
+        )
+        grew = "grew" if burn.drawn > burn.previous_drawn else "fell"
+        parts.append(
+            f"The total is unchanged, but usage paid from prepaid credit {grew}"
+            + (f": {usage}." if usage else ".")
+        )
+        parts.append(f"Prepaid credit: {prepaid_text(burn)}")
+        return " ".join([*parts, *_duplicate_sentence(explanation)])
     if previous is not None and not comparable(explanation):
         parts.append(
             f"{previous.id} is in {previous.total.currency.upper()} and {current.id} in "
@@ -447,12 +566,19 @@ def explain_text(explanation: Explanation, facts: Facts) -> str:
         parts.append(f"Together they explain {percent(explanation.explained_share)} of the change.")
         if has_unexplained(explanation):
             parts.append(f"{explanation.unexplained.format()} is not explained by line items.")
-    dups = explanation.duplicate_payments
-    if dups:
-        amounts = ", ".join(f.amount.format() for f in dups)
-        noun = "charge" if len(dups) == 1 else "charges"
-        parts.append(f"Duplicate {noun} found: {amounts}.")
+    if burn is not None:
+        parts.append(f"Prepaid credit: {prepaid_text(burn)}")
+    parts.extend(_duplicate_sentence(explanation))
     return " ".join(parts)
+
+
+def _duplicate_sentence(explanation: Explanation) -> list[str]:
+    dups = explanation.duplicate_payments
+    if not dups:
+        return []
+    amounts = ", ".join(f.amount.format() for f in dups)
+    noun = "charge" if len(dups) == 1 else "charges"
+    return [f"Duplicate {noun} found: {amounts}."]
 
 
 def _customer_reason(finding: Finding, *, comparable_invoice: bool) -> str:
@@ -559,6 +685,13 @@ def _tips(explanation: Explanation) -> list[str]:
             "- If you think the tax on this invoice is wrong (for example, if you are tax-exempt), "
             "send us your tax details."
         )
+    if explanation.prepaid is not None and explanation.prepaid.drawn > (
+        explanation.prepaid.previous_drawn
+    ):
+        tips.append(
+            "- Your prepaid balance is being used faster than before; we can go over your usage "
+            "and your prepaid options with you."
+        )
     if FindingKind.CREDIT_DEPLETED in kinds:
         tips.append(
             "- Your prepaid balance covered less of this invoice; we can go over your prepaid "
@@ -612,6 +745,8 @@ def draft_text(
             )
     change = _change_paragraph(explanation, listing=bool(reasons), subject=subject)
     blocks.append("\n".join([f"{opening} {change}".strip(), *reasons]))
+    if explanation.prepaid is not None:
+        blocks.append(_prepaid_paragraph(explanation.prepaid))
     if duplicates:
         blocks.append(duplicates)
     blocks.append("What you can do:\n" + "\n".join(_tips(explanation)))
@@ -620,6 +755,31 @@ def draft_text(
         "to this message with any questions."
     )
     return "\n\n".join(blocks)
+
+
+def _prepaid_paragraph(burn: PrepaidBurn) -> str:
+    """For the customer: how much of the invoice the prepaid balance covered, and how long the
+    rest lasts at this rate."""
+    text = f"Your prepaid balance covered {burn.drawn.format()} of this invoice"
+    if burn.rate is not None and burn.drawn > burn.previous_drawn:
+        text += (
+            f", compared with {burn.previous_drawn.format()} on the previous one, because more "
+            "usage was drawn from it"
+        )
+    elif burn.rate is not None:
+        text += f", compared with {burn.previous_drawn.format()} on the previous one"
+    text += "."
+    remaining = burn.remaining
+    if remaining is not None and remaining.amount <= 0:
+        text += " Your prepaid balance is now used up."
+    elif remaining is not None and burn.runs_out is not None:
+        text += (
+            f" {remaining.format()} of it is left, which at the current rate would last until "
+            f"around {format_date(burn.runs_out)}."
+        )
+    elif remaining is not None:
+        text += f" {remaining.format()} of it is left."
+    return text
 
 
 def refund_suggestion(explanation: Explanation) -> RefundSuggestion | None:

@@ -2,20 +2,30 @@
 
 Resolution: ask every provider that can search by the identifier's kind, concurrently; settle on
 our account ID (several distinct ones → ambiguous); then find the account in the providers that
-did not answer yet, by account ID. The links are cached. Snapshots fan out to every provider at
-once; a provider that fails or runs out of time is named in the result and the others still show.
+did not answer yet, by account ID. Customers that meet only through an email, with no account ID
+in common, are listed apart when they are evidently different customers, and otherwise joined
+but flagged "matched by email only" so the engineer can check.
+
+The links cache remembers, per provider, what each provider answered for an identifier: its
+customer, or (for a short while) that it has none. A provider that failed is never remembered, so
+the cache never turns "was down" into "is not there": while any enabled provider has no fresh
+answer in the cache, the identifier is resolved afresh and every provider is asked. Cached and
+fresh paths share one time budget. Snapshots fan out to every provider at once; a provider that
+fails or runs out of time is named in the result and the others still show.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from bot.domain.identifiers import AccountIdentifier, IdentifierKind
+from bot.domain.mirrors import link_mirrors, unpaired_copies
 from bot.domain.models import (
     AccountRef,
     BillingSnapshot,
@@ -36,6 +46,17 @@ from bot.errors import (
 
 log = logging.getLogger("bot.lookup")
 T = TypeVar("T")
+
+#: `AccountLink.customer_id` of a link that means "this provider answered: no such customer".
+NOT_THERE = ""
+#: How long a "no such customer" answer is trusted: short, so a customer created since shows
+#: up soon, yet long enough that a Stripe-only account is not re-resolved on every lookup.
+NEGATIVE_LINK_TTL = timedelta(minutes=10)
+#: Share of the lookup's budget the cache read may take before it is given up on.
+_CACHE_READ_SHARE = 0.5
+#: Below this much budget a provider is not asked at all (the call could only time out); it is
+#: named as not asked instead.
+MIN_CALL_SECONDS = 0.05
 
 #: Which identifier kind finds a provider's customer by that provider's own ID.
 OWN_ID_KIND = {
@@ -68,10 +89,17 @@ class Resolution:
         account_id: str | None,
         customers: dict[str, CustomerRecord],
         failures: dict[str, str],
+        *,
+        skipped: dict[str, str] | None = None,
+        email_only: tuple[str, ...] = (),
     ) -> None:
         self.account_id = account_id
         self.customers = customers
         self.failures = failures
+        #: Providers not asked at all, and why.
+        self.skipped = skipped or {}
+        #: Providers whose customer joined only through the email (see `AccountRef`).
+        self.email_only = email_only
 
     def ref(self) -> AccountRef:
         """The account as the domain names it."""
@@ -82,6 +110,7 @@ class Resolution:
             customer_ids={p: c.customer_id for p, c in self.customers.items()},
             display_name=names[0] if names else None,
             email=emails[0] if emails else None,
+            email_only=self.email_only,
         )
 
 
@@ -96,6 +125,8 @@ class LookupService:
         deadline: float = 18.0,
         resolve_timeout: float = 7.0,
         links_ttl: timedelta = timedelta(hours=6),
+        negative_links_ttl: timedelta = NEGATIVE_LINK_TTL,
+        min_call_seconds: float = MIN_CALL_SECONDS,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.providers = dict(providers)
@@ -103,6 +134,8 @@ class LookupService:
         self.deadline = deadline
         self.resolve_timeout = resolve_timeout
         self.links_ttl = links_ttl
+        self.negative_links_ttl = negative_links_ttl
+        self.min_call_seconds = min_call_seconds
         self.clock = clock
 
     async def _each(
@@ -123,31 +156,39 @@ class LookupService:
         results = await asyncio.gather(*(one(n) for n in names))
         return dict(zip(names, results, strict=True))
 
+    @staticmethod
+    def _left(deadline: float) -> float:
+        return deadline - time.monotonic()
+
     async def resolve(
         self,
         ident: AccountIdentifier,
         *,
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> Resolution:
-        """Find the account behind `ident`. Raises `AccountNotFound` / `AmbiguousAccount`; a
-        resolution every provider failed raises the first provider error."""
+        """Find the account behind `ident` within `timeout` (default `resolve_timeout`), from the
+        links cache when it answers for every provider. Raises `AccountNotFound` /
+        `AmbiguousAccount`; a resolution every provider failed raises the first provider error."""
         budget = timeout if timeout is not None else self.resolve_timeout
-        started = time.monotonic()
-        cached = await self._cached(ident)
+        deadline = time.monotonic() + budget
+        cached = await self._cached(ident, deadline)
         if cached is not None:
             return cached
         failures: dict[str, str] = {}
         found: dict[str, list[CustomerRecord]] = {}
         errors: list[BaseException] = []
+        asked_by_account_id: set[str] = set()  # providers that already answered for ident.value
         for kind in ident.kinds:
             names = [n for n in self.providers if n not in failures]
+            if kind is IdentifierKind.ACCOUNT_ID:
+                asked_by_account_id.update(names)
 
             def find(
                 p: BillingProvider, k: IdentifierKind = kind
             ) -> Awaitable[list[CustomerRecord]]:
                 return p.find_customers(k, ident.value)
 
-            results = await self._each(names, find, budget)
+            results = await self._each(names, find, self._left(deadline))
             for name, result in results.items():
                 if isinstance(result, BaseException):
                     failures[name] = failure_reason(result)
@@ -160,19 +201,19 @@ class LookupService:
             if failures and len(failures) == len(self.providers):
                 raise errors[0]
             raise AccountNotFound(_not_found_message(ident, failures))
-        account_ids = {r.account_id for recs in found.values() for r in recs if r.account_id}
-        per_provider_multi = any(len(recs) > 1 for recs in found.values())
-        if len(account_ids) > 1 or (not account_ids and per_provider_multi):
-            raise AmbiguousAccount(_ambiguous_message(ident, found))
-        account_id = next(iter(account_ids)) if account_ids else None
-        customers = {name: _pick(recs, account_id) for name, recs in found.items()}
+        account_id, customers, email_only = _settle(ident, found)
         missing = [n for n in self.providers if n not in customers and n not in failures]
+        if account_id == ident.value:
+            missing = [n for n in missing if n not in asked_by_account_id]  # asked already
+        skipped: dict[str, str] = {}
         if account_id and missing:
-            remaining = budget - (time.monotonic() - started)
+            if self._left(deadline) < self.min_call_seconds:
+                skipped = dict.fromkeys(missing, "not asked: the lookup ran out of time")
+                missing = []
             results = await self._each(
                 missing,
                 lambda p: p.find_customers(IdentifierKind.ACCOUNT_ID, account_id),
-                remaining,
+                self._left(deadline),
             )
             for name, result in results.items():
                 if isinstance(result, BaseException):
@@ -181,8 +222,17 @@ class LookupService:
                     matching = [r for r in result if r.account_id in (None, account_id)]
                     if matching:
                         customers[name] = _pick(matching, account_id)
-        resolution = Resolution(account_id, customers, failures)
-        await self._remember(ident, resolution)
+        resolution = Resolution(
+            account_id, customers, failures, skipped=skipped, email_only=email_only
+        )
+        # Providers that answered and have no customer for this identifier; failed and skipped
+        # ones are left out, so the next lookup asks them again.
+        answered_none = [
+            n
+            for n in self.providers
+            if n not in customers and n not in failures and n not in skipped
+        ]
+        await self._remember(ident, resolution, answered_none)
         return resolution
 
     async def snapshot(self, ident: AccountIdentifier) -> BillingSnapshot:
@@ -209,11 +259,19 @@ class LookupService:
         order = {n: i for i, n in enumerate(self.providers)}
         snaps.sort(key=lambda s: order.get(s.provider, 99))
         failures.sort(key=lambda f: order.get(f.provider, 99))
+        skipped = [ProviderFailure(n, r) for n, r in resolution.skipped.items()]  # type: ignore[arg-type]
+        # One bill, one invoice: Stripe copies of Orb or Metronome invoices are paired with
+        # their sources, which take the copies' payment state.
+        providers, mirrors = link_mirrors(snaps)
+        orphans = unpaired_copies(providers, mirrors)
         return BillingSnapshot(
             account=resolution.ref(),
-            providers=tuple(snaps),
+            providers=providers,
             failures=tuple(failures),
             fetched_at=self.clock(),
+            skipped=tuple(sorted(skipped, key=lambda f: order.get(f.provider, 99))),
+            mirrors=mirrors,
+            unpaired_copies=orphans,
         )
 
     # --- the links cache ------------------------------------------------------------------
@@ -222,31 +280,35 @@ class LookupService:
         value = ident.value.lower() if ident.primary is IdentifierKind.EMAIL else ident.value
         return f"{ident.primary.value}:{value}"
 
-    async def _cached(self, ident: AccountIdentifier) -> Resolution | None:
+    async def _cached(self, ident: AccountIdentifier, deadline: float) -> Resolution | None:
+        """The resolution from the links cache, or None when the cache cannot answer for every
+        enabled provider (then the caller resolves afresh and asks them all)."""
         if self._uow is None:
             return None
         try:
-            async with self._uow() as uow:
-                links = await uow.links.get(self._key(ident))
-        except Exception:
+            async with asyncio.timeout(max(0.01, self._left(deadline) * _CACHE_READ_SHARE)):
+                async with self._uow() as uow:
+                    links = await uow.links.get(self._key(ident))
+        except Exception:  # a slow or broken cache never blocks a lookup
             log.warning("account links cache unavailable", exc_info=True)
             return None
         now = self.clock()
-        fresh = [
-            link
-            for link in links
-            if link.provider in self.providers and now - link.updated_at < self.links_ttl
-        ]
-        if not fresh:
+        fresh: dict[str, AccountLink] = {}
+        for link in links:
+            ttl = self.links_ttl if link.customer_id != NOT_THERE else self.negative_links_ttl
+            if link.provider in self.providers and now - link.updated_at < ttl:
+                fresh[link.provider] = link
+        if set(fresh) != set(self.providers):
+            return None  # a provider with no fresh answer (it failed, or is new): ask everyone
+        positive = {n: link for n, link in fresh.items() if link.customer_id != NOT_THERE}
+        account_ids = {link.account_id for link in positive.values()}
+        if not positive or len(account_ids) != 1:
             return None
-        account_id = fresh[0].account_id
-        names = [link.provider for link in fresh]
+        account_id = account_ids.pop()
         results = await self._each(
-            names,
-            lambda p: p.find_customers(
-                OWN_ID_KIND[p.name], next(x.customer_id for x in fresh if x.provider == p.name)
-            ),
-            self.resolve_timeout,
+            list(positive),
+            lambda p: p.find_customers(OWN_ID_KIND[p.name], positive[p.name].customer_id),
+            self._left(deadline),
         )
         customers: dict[str, CustomerRecord] = {}
         failures: dict[str, str] = {}
@@ -261,13 +323,17 @@ class LookupService:
             return None
         return Resolution(account_id, customers, failures)
 
-    async def _remember(self, ident: AccountIdentifier, resolution: Resolution) -> None:
-        if self._uow is None or not resolution.customers:
+    async def _remember(
+        self, ident: AccountIdentifier, resolution: Resolution, answered_none: Sequence[str]
+    ) -> None:
+        if self._uow is None or not resolution.customers or resolution.email_only:
+            # Email-only joins are re-checked on every lookup: the flag must not get lost.
             return
         now = self.clock()
+        key = self._key(ident)
         links = [
             AccountLink(
-                identifier=self._key(ident),
+                identifier=key,
                 account_id=resolution.account_id,
                 provider=name,
                 customer_id=record.customer_id,
@@ -275,6 +341,16 @@ class LookupService:
             )
             for name, record in resolution.customers.items()
         ]
+        links.extend(
+            AccountLink(
+                identifier=key,
+                account_id=resolution.account_id,
+                provider=name,
+                customer_id=NOT_THERE,
+                updated_at=now,
+            )
+            for name in answered_none
+        )
         try:
             async with self._uow() as uow:
                 await uow.links.put(links)
@@ -288,6 +364,44 @@ def _pick(records: list[CustomerRecord], account_id: str | None) -> CustomerReco
     return matching[0]
 
 
+# Legal-form words that don't make two names different customers ("Acme, Inc." is "ACME").
+_LEGAL_FORMS = frozenset(
+    {"inc", "incorporated", "llc", "ltd", "limited", "corp", "corporation", "co", "company",
+     "gmbh", "plc", "sa", "ag", "bv", "the"}
+)  # fmt: skip
+
+
+def _name_key(name: str) -> str:
+    words = re.findall(r"[a-z0-9]+", name.casefold())
+    return " ".join(w for w in words if w not in _LEGAL_FORMS)
+
+
+def _settle(
+    ident: AccountIdentifier, found: Mapping[str, list[CustomerRecord]]
+) -> tuple[str | None, dict[str, CustomerRecord], tuple[str, ...]]:
+    """(account ID, one customer per provider, providers joined by the email only).
+
+    Raises `AmbiguousAccount` for several account IDs, several customers of one provider with
+    none, or an email shared by evidently different customers (different names) of different
+    providers with no account ID in common: those are listed, never merged.
+    """
+    account_ids = {r.account_id for recs in found.values() for r in recs if r.account_id}
+    per_provider_multi = any(len(recs) > 1 for recs in found.values())
+    if len(account_ids) > 1 or (not account_ids and per_provider_multi):
+        raise AmbiguousAccount(_ambiguous_message(ident, found))
+    account_id = next(iter(account_ids)) if account_ids else None
+    customers = {name: _pick(recs, account_id) for name, recs in found.items()}
+    if ident.primary is not IdentifierKind.EMAIL or len(customers) < 2:
+        return account_id, customers, ()
+    without = tuple(n for n, c in customers.items() if c.account_id is None)
+    if account_id is not None and not without:
+        return account_id, customers, ()  # every provider's customer carries the account ID
+    names = {_name_key(c.name) for c in customers.values() if c.name and _name_key(c.name)}
+    if len(names) > 1:
+        raise AmbiguousAccount(_ambiguous_message(ident, found, by_email=True))
+    return account_id, customers, without if account_id is not None else tuple(customers)
+
+
 def _not_found_message(ident: AccountIdentifier, failures: Mapping[str, str]) -> str:
     text = f"No account matches `{ident.value}` in any billing provider."
     if failures:
@@ -296,7 +410,9 @@ def _not_found_message(ident: AccountIdentifier, failures: Mapping[str, str]) ->
     return text + " Check the spelling, or try the `cus_…` ID or account ID."
 
 
-def _ambiguous_message(ident: AccountIdentifier, found: Mapping[str, list[CustomerRecord]]) -> str:
+def _ambiguous_message(
+    ident: AccountIdentifier, found: Mapping[str, list[CustomerRecord]], *, by_email: bool = False
+) -> str:
     options = []
     for recs in found.values():
         for r in recs:
@@ -305,6 +421,12 @@ def _ambiguous_message(ident: AccountIdentifier, found: Mapping[str, list[Custom
                 f"`{label}` ({_label(r.provider)} {r.customer_id}, {r.name or 'no name'})"
             )
     shown = "; ".join(options[:6])
+    if by_email:
+        return (
+            f"`{ident.value}` matches different customers with no account ID in common: {shown}. "
+            "They were matched by email only, so they are not merged; look up one of them by "
+            "its customer ID."
+        )
     return (
         f"`{ident.value}` matches several accounts: {shown}. "
         "Look up one of them by its account ID or customer ID."

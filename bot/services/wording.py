@@ -154,11 +154,31 @@ def _clean_reply(text: str) -> str:
 _SLACK_CONTROL_RE = re.compile(r"<[!@#]|@(?:channel|here|everyone)\b")
 
 
-def _show(mentions: tuple[str, ...]) -> str:
-    shown = [redact(m.replace("`", ""))[:40] for m in mentions[:3]]
-    if len(shown) == 1:
-        return shown[0]
-    return ", ".join(shown[:-1]) + " and " + shown[-1]
+#: How the notice names each kind of ungrounded mention: in general terms, never the value (the
+#: value an LLM made up is exactly what must not be shown as if it meant something).
+_KIND_NOUNS: dict[str, tuple[str, str]] = {
+    "amount": ("an amount", "amounts"),
+    "percentage": ("a percentage", "percentages"),
+    "date": ("a date", "dates"),
+    "id": ("an ID", "IDs"),
+    "number": ("a number", "numbers"),
+}
+
+
+def _kinds_text(kinds: tuple[str, ...]) -> str:
+    """`an amount`, `amounts and a date`: what the discarded text got wrong, without values."""
+    counts = {kind: kinds.count(kind) for kind in dict.fromkeys(kinds)}
+    parts = [_KIND_NOUNS[k][0 if n == 1 else 1] for k, n in counts.items() if k in _KIND_NOUNS]
+    if not parts:
+        return "something"
+    if len(parts) == 1:
+        return parts[0]
+    return ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _log_mentions(mentions: tuple[str, ...]) -> str:
+    """The ungrounded mentions for the log (redacted like everything else we log)."""
+    return "; ".join(redact(m)[:60] for m in mentions[:5])
 
 
 async def word(
@@ -217,10 +237,13 @@ async def word(
         return fallback(discarded.format(what="contained a Slack mention"), "slack mention")
     grounding = check_grounding(text, facts)
     if not grounding.ok:
+        named = _kinds_text(grounding.kinds)
         are = "is" if len(grounding.problems) == 1 else "are"
-        what = f"mentioned {_show(grounding.problems)}, which {are} not in the billing facts"
+        what = f"mentioned {named} that {are} not in the billing facts"
+        # The values themselves go to the log only, for whoever tunes the prompt.
         return fallback(
-            discarded.format(what=what), f"ungrounded {len(grounding.problems)} mention(s)"
+            discarded.format(what=what),
+            f"ungrounded {len(grounding.problems)} mention(s): {_log_mentions(grounding.problems)}",
         )
     promise = check_promises(text, facts)
     if promise is not None:

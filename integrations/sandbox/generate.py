@@ -304,8 +304,10 @@ def _model(world: WorldIndex, acct: SandboxAccount) -> Model:
             out.append(Series(metric, daily))
         return out
 
-    if story:
-        keys: list[str] = list(BASE_METRICS)
+    if story == "prepaid_burn":
+        keys: list[str] = ["inference_tokens"]  # one metric: the commit pays for all of it
+    elif story:
+        keys = list(BASE_METRICS)
     else:
         chosen = set(rng.sample(BASE_METRICS, rng.choice((2, 3, 3))))
         keys = [k for k in BASE_METRICS if k in chosen]
@@ -347,9 +349,31 @@ def _model(world: WorldIndex, acct: SandboxAccount) -> Model:
             model.state = ("IL", "Chicago", "60601")
         if story == "open_dispute":
             model.plan = "pro"
+        _plant_mirror_story(model)
     if plant is not None:
         _plant_usage(model, plant)
     return model
+
+
+#: Stories whose provider invoices through Stripe (Stripe Invoicing): each invoice of the
+#: billing provider has a Stripe copy, built from one-off items, and Stripe collects it.
+MIRRORED_STORIES = frozenset({"mirrored_orb", "mirrored_metronome", "prepaid_burn"})
+#: mirrored_metronome: Compute hours cost $0.09 a vCPU-hour, then $0.11 on the latest invoice.
+MIRRORED_PRICE_CENTS = Decimal(11)
+
+
+def _plant_mirror_story(model: Model) -> None:
+    """The usage changes of the mirrored stories (their invoices are shaped in the books)."""
+    b = model.bounds
+    first, stop = model.day(b[PERIODS - 1]), model.day(b[PERIODS])
+    if model.story == "mirrored_orb":
+        grown = next(s for s in model.series if s.metric.key == "compute_hours")
+        grown.daily[first:stop] = [(v * 7 + 2) // 5 for v in grown.daily[first:stop]]  # +40%
+        grown.refresh()
+    elif model.story == "prepaid_burn":
+        doubled = model.series[0]
+        doubled.daily[first:stop] = [v * 2 for v in doubled.daily[first:stop]]
+        doubled.refresh()
 
 
 # --- Stripe ----------------------------------------------------------------------------------
@@ -369,6 +393,16 @@ class StripeLine:
     proration: bool = False
     invoice_item: str | None = None
     credited: Obj | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CopyLine:
+    """One one-off item of a Stripe copy of another provider's invoice."""
+
+    description: str
+    amount: int  # cents
+    quantity: int = 1
+    unit_cents: Decimal | None = None  # shown only where the provider sends a quantity
 
 
 @dataclass(slots=True)
@@ -1473,6 +1507,82 @@ class StripeBook:
             "webhooks_delivered_at": ts(created + timedelta(minutes=2)),
         }
 
+    def copy_invoice(
+        self,
+        *,
+        lines: list[CopyLine],
+        created: datetime,
+        period: tuple[datetime, datetime],
+        metadata: dict[str, str],
+    ) -> Obj:
+        """A Stripe invoice another billing provider created for one of its own (Stripe
+        Invoicing): one-off invoice items with descriptions, amounts and sometimes quantities,
+        no prices; finalized and paid by card at once. Newest first in `data.invoices`."""
+        placeholder: Obj = {"id": None, "product": None, "unit_amount_decimal": None}
+        items = [
+            StripeLine(
+                description=line.description,
+                amount=line.amount,
+                price=placeholder,
+                quantity=line.quantity,
+                start=period[0],
+                end=period[1],
+                subscription_item="",
+                invoice_item=self.ids.stripe("ii"),
+            )
+            for line in lines
+        ]
+        invoice = self._invoice(
+            k=0,
+            created=created,
+            lines=items,
+            subscription_id="",
+            coupon=None,
+            tax_rate=None,
+            reason="manual",
+        )
+        for obj, line in zip(invoice["lines"]["data"], lines, strict=True):
+            details = obj["parent"]["subscription_item_details"]
+            obj["parent"] = {
+                "invoice_item_details": {
+                    "invoice_item": details["invoice_item"],
+                    "proration": False,
+                    "proration_details": {"credited_items": None},
+                    "subscription": None,
+                },
+                "subscription_item_details": None,
+                "type": "invoice_item_details",
+            }
+            unit = decimal_str(line.unit_cents) if line.unit_cents is not None else None
+            obj["pricing"] = {"price_details": None, "type": "price_details",
+                              "unit_amount_decimal": unit}  # fmt: skip
+            obj["subscription"] = None
+        finalized = created + timedelta(minutes=1)
+        invoice.update(
+            parent=None,
+            metadata=dict(metadata),
+            number=f"{self.invoice_prefix}-{len(self.data.invoices) + 1:04d}",
+            period_start=ts(created),
+            period_end=ts(created),
+            auto_advance=True,
+            effective_at=ts(finalized),
+        )
+        invoice["status_transitions"]["finalized_at"] = ts(finalized)
+        due = invoice["amount_due"]
+        if due > 0:
+            intent, charges = self.pay(
+                amount=due, created=finalized, description="Payment for Invoice", metadata={}
+            )
+            paid_at = charges[-1]["created"]
+            self._invoice_payment(invoice, intent, paid_at=paid_at)
+            invoice.update(amount_paid=due, amount_remaining=0, attempt_count=1)
+        else:
+            paid_at = ts(finalized)
+        invoice.update(status="paid", attempted=True)
+        invoice["status_transitions"]["paid_at"] = paid_at
+        self.data.invoices.insert(0, invoice)
+        return invoice
+
     def _invoice_payment(self, invoice: Obj, intent: Obj, *, paid_at: int | None) -> Obj:
         payment = {
             "amount_paid": intent["amount"] if paid_at else None,
@@ -1773,7 +1883,9 @@ class OrbBook:
             "metadata": {},
             "name": acct.name,
             "payment_configuration": None,
-            "payment_provider": "stripe_charge",
+            "payment_provider": (
+                "stripe_invoice" if self.m.story in MIRRORED_STORIES else "stripe_charge"
+            ),
             "payment_provider_id": acct.stripe_customer_id,
             "portal_url": f"https://portal.withorb.com/view?token={token}",
             "reporting_configuration": None,
@@ -1993,7 +2105,8 @@ class OrbBook:
         paid = issued
         total_cents = int(total * 100)
         failed: datetime | None = None
-        if total_cents > 0:
+        synced = m.story in MIRRORED_STORIES  # Stripe Invoicing collects it, not Orb
+        if total_cents > 0 and not synced:
             tries = _planted_tries(m, j, issued + timedelta(minutes=1), minutes=9)
             intent, charges = self.stripe.pay(
                 amount=total_cents,
@@ -2076,6 +2189,8 @@ class OrbBook:
                 payment_failed_at=iso(failed),
             )
             invoice["auto_collection"]["next_attempt_at"] = iso(max(failed + 3 * DAY, m.now + DAY))
+        if synced:
+            self._sync_to_stripe(invoice, j, subscription_id, issued)
         return invoice
 
     def _one_time_price(self, name: str, cents: int) -> Obj:
@@ -2090,6 +2205,38 @@ class OrbBook:
             unit_config={"prorated": False, "unit_amount": usd(cents)},
         )
         return price
+
+    def _sync_to_stripe(self, invoice: Obj, j: int, subscription_id: str, issued: datetime) -> None:
+        """Orb's Stripe Invoicing sync: a Stripe invoice of one-off items with Orb's metadata
+        (docs.withorb.com/integrations-and-exports/stripe); the Orb invoice is `synced`, and
+        whether it was paid is known only in Stripe (a one-way sync)."""
+        b = self.m.bounds
+        lines = [_orb_copy_line(li) for li in invoice["line_items"]]
+        self.stripe.copy_invoice(
+            lines=lines,
+            created=issued + timedelta(minutes=2),
+            period=(b[j], b[j + 1]),
+            metadata={
+                "payment_source": "orb",
+                "orb_invoice_id": invoice["id"],
+                "orb_subscription_id": subscription_id,
+                "orb_customer_id": self.customer_id,
+                "orb_external_plan_id": self.m.plan,
+                "orb_external_customer_id": self.m.account.account_id,
+            },
+        )
+        invoice.update(
+            status="synced",
+            paid_at=None,
+            payment_received_at=None,
+            payment_started_at=None,
+            auto_collection={
+                "enabled": False,
+                "next_attempt_at": None,
+                "num_attempts": 0,
+                "previously_attempted_at": None,
+            },
+        )
 
     def _subscription(
         self, subscription_id: str, customer: Obj, plan: Obj, prices: list[Obj]
@@ -2276,7 +2423,8 @@ class MetronomeBook:
             usage_total = 0
             for s in self.series:
                 quantity = m.quantity(s, j)
-                total = cents_of(quantity, s.metric.unit_cents)
+                unit = _metronome_unit_cents(m, s, j)
+                total = cents_of(quantity, unit)
                 usage_total += total
                 lines.append(
                     {
@@ -2289,7 +2437,7 @@ class MetronomeBook:
                         "starting_at": rfc(start),
                         "total": total,
                         "type": "usage",
-                        "unit_price": _number(s.metric.unit_cents),
+                        "unit_price": _number(unit),
                     }
                 )
             if grant is not None and grant.start <= start and remaining > 0:
@@ -2365,6 +2513,13 @@ class MetronomeBook:
     def _grant_plan(self) -> Grant | None:
         """The prepaid commit or promotional credit that pays for usage first, if any."""
         m, b = self.m, self.m.bounds
+        if m.story == "prepaid_burn":
+            # Covers all usage so far and two and a half periods more at the latest rate.
+            usage = [
+                sum(cents_of(m.quantity(s, j), s.metric.unit_cents) for s in self.series)
+                for j in range(PERIODS)
+            ]
+            return self._new_grant("PREPAID", sum(usage) + usage[-1] * 5 // 2, b[0])
         if m.story == "depleted_credits":
             # Enough to cover every period but the last, and 30% of the last.
             usage = [
@@ -2461,7 +2616,19 @@ class MetronomeBook:
             "invoiced_total": total,
             "issued_at_timestamp": rfc(issued),
         }
-        if total > 0:
+        if m.story in MIRRORED_STORIES:
+            copy = self.stripe.copy_invoice(
+                lines=_metronome_copy_lines(lines),
+                created=issued + timedelta(minutes=2),
+                period=(b[j], b[j + 1]),
+                metadata={},  # Metronome names the Stripe invoice on its side instead
+            )
+            if m.story == "mirrored_metronome":
+                external["invoice_id"] = copy["id"]
+            if copy["payments"]["data"]:
+                intent_id = copy["payments"]["data"][0]["payment"]["payment_intent"]
+                external["external_payment_id"] = intent_id
+        elif total > 0:
             intent, charges = self.stripe.pay(
                 amount=total,
                 created=issued + timedelta(minutes=2),
@@ -2580,6 +2747,57 @@ class MetronomeBook:
                 )
         out.sort(key=lambda u: str(u["start_timestamp"]))  # oldest first, metrics side by side
         return out
+
+
+def _metronome_unit_cents(model: Model, series: Series, period: int) -> Decimal:
+    """A metric's unit price on period `period`'s invoice (mirrored_metronome's went up on the
+    latest)."""
+    if (
+        model.story == "mirrored_metronome"
+        and series.metric.key == "compute_hours"
+        and period == PERIODS - 1
+    ):
+        return MIRRORED_PRICE_CENTS
+    return series.metric.unit_cents
+
+
+def _orb_copy_line(item: Obj) -> CopyLine:
+    """A Stripe invoice item for one Orb line item: the amount, with the quantity and dates only
+    in the text (assumed shape: Orb's docs say items map to Stripe products, not how lines read)."""
+    start = datetime.fromisoformat(item["start_date"])
+    end = datetime.fromisoformat(item["end_date"]) - DAY
+    span = f"{start:%b} {start.day} – {end:%b} {end.day}, {end.year}"
+    quantity = Decimal(str(item["quantity"]))
+    price = item["price"]
+    if price.get("price_type") == "usage_price":
+        text = f"{item['name']}: {quantity:,.0f} ({span})"
+    else:
+        text = f"{item['name']} ({span})"
+    return CopyLine(description=text, amount=int(Decimal(item["amount"]) * 100))
+
+
+def _metronome_copy_lines(lines: list[Obj]) -> list[CopyLine]:
+    """Metronome's default Stripe invoice: one item per product at the product's subtotal,
+    with its quantity where that is whole; prepaid commit applied nets against the usage it
+    paid for, so fully covered usage shows at $0.00."""
+    credit = -sum(li["total"] for li in lines if li["type"] == "applied_commit_or_credit")
+    out: list[CopyLine] = []
+    for li in lines:
+        if li["type"] == "applied_commit_or_credit":
+            continue
+        amount = int(li["total"])
+        if li["type"] == "usage":
+            covered = min(amount, credit)
+            credit -= covered
+            amount -= covered
+        quantity = li.get("quantity")
+        unit = Decimal(str(li.get("unit_price") or 0))
+        # Stripe shows a quantity only when it is whole and the amount still follows it.
+        if isinstance(quantity, int) and quantity > 1 and amount == cents_of(quantity, unit):
+            out.append(CopyLine(str(li["name"]), amount, quantity=quantity, unit_cents=unit))
+        else:
+            out.append(CopyLine(str(li["name"]), amount))
+    return out
 
 
 def _number(value: Decimal) -> int | float:

@@ -175,6 +175,47 @@ STORY_SPECS: tuple[StorySpec, ...] = (
         "",
         latest_invoice_days_ago=12,
     ),
+    # Invoiced through Stripe: the billing provider's invoice is the bill, a Stripe copy of it
+    # (one-off items, no prices) collects the money.
+    StorySpec(
+        "mirrored_orb",
+        "acct_umbrella",
+        "Umbrella Corporation",
+        "billing@umbrella.example",
+        "orb",
+        "Orb invoices collected through Stripe",
+        "Orb-billed through Stripe Invoicing: every Orb invoice has a Stripe copy made of one-off "
+        "items (metadata orb_invoice_id) that Stripe collects; Compute hours grew 40% on the "
+        "latest, explained from Orb's invoice, never counted twice.",
+        latest_invoice_days_ago=2,
+        expected_finding="usage_growth",
+    ),
+    StorySpec(
+        "mirrored_metronome",
+        "acct_stark",
+        "Stark Industries",
+        "billing@stark.example",
+        "metronome",
+        "Metronome invoices collected through Stripe",
+        "Metronome-billed through Stripe: each Metronome invoice names its Stripe copy "
+        "(external_invoice.invoice_id; one item per product, no metadata); Compute hours went "
+        "from $0.09 to $0.11 a vCPU-hour on the latest, with usage flat.",
+        latest_invoice_days_ago=4,
+        expected_finding="price_change",
+    ),
+    StorySpec(
+        "prepaid_burn",
+        "acct_massive",
+        "Massive Dynamic",
+        "billing@massive.example",
+        "metronome",
+        "Prepaid commit burning twice as fast",
+        "Metronome-billed, collected through Stripe copies that name nothing (matched by amount "
+        "and period); AI inference usage doubled and the prepaid commit paid for all of it, so "
+        "the total did not change while the commit burns twice as fast.",
+        latest_invoice_days_ago=3,
+        expected_finding="usage_growth",
+    ),
 )
 
 

@@ -78,6 +78,10 @@ def _expected(
             new = next(li for li in latest["line_items"] if li["name"] == "API requests")
             old = next(li for li in previous["line_items"] if li["name"] == "API requests")
             amount = Decimal(new["amount"]) - Decimal(old["amount"])
+        elif spec.key == "mirrored_orb":
+            new = next(li for li in latest["line_items"] if li["name"] == "Compute hours")
+            old = next(li for li in previous["line_items"] if li["name"] == "Compute hours")
+            amount = Decimal(new["amount"]) - Decimal(old["amount"])
         return latest["id"], previous["id"], amount
     if spec.billing == "metronome":
         met = world.metronome(acct)
@@ -89,6 +93,13 @@ def _expected(
             amount = _major(addon["total"])
         elif spec.key == "depleted_credits":
             amount = _major(_metronome_applied(previous) - _metronome_applied(latest))
+        elif spec.key in ("mirrored_metronome", "prepaid_burn"):
+            # The planted cause is on one usage line: its price (usage flat), or its usage
+            # (drawn from the commit); either way the line's change.
+            name = "Compute hours" if spec.key == "mirrored_metronome" else "AI inference"
+            new = next(li for li in latest["line_items"] if li["name"] == name)
+            old = next(li for li in previous["line_items"] if li["name"] == name)
+            amount = _major(new["total"] - old["total"])
         return latest["id"], previous["id"], amount
     stripe = world.stripe(acct)
     assert stripe is not None

@@ -53,6 +53,15 @@ def test_malformed_settings_exit_2_before_anything_starts(tmp_path: Path) -> Non
     assert "FINANCE_CHANNEL" in result.stderr and "DATABASE_URL" in result.stderr
 
 
+def test_sandbox_off_without_keys_exits_2_and_says_what_to_set(tmp_path: Path) -> None:
+    """`SANDBOX=0` with no provider key is a configuration error (exit 2), not the sandbox."""
+    result = _run("ask", "acct_northwind", cwd=tmp_path, SANDBOX="0")
+    assert result.returncode == 2
+    assert "SANDBOX: is 0 but no provider key is set" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Northwind" not in result.stdout
+
+
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
     """Unknown commands and bad `--as` values are usage errors (exit 2)."""
     assert _run("frobnicate", cwd=tmp_path).returncode == 2

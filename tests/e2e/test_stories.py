@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -88,6 +89,63 @@ async def test_each_story_is_explained_by_its_planted_cause(
     assert not result.missing
 
 
+MIRRORED = {
+    # story key: how its Stripe copies are recognised
+    "mirrored_orb": "metadata",
+    "mirrored_metronome": "external invoice ID",
+    "prepaid_burn": "amount and period",
+}
+
+
+@pytest.mark.parametrize("key", sorted(MIRRORED))
+async def test_mirrored_stories_are_one_invoice_billed_by_their_provider(
+    lookup: LookupService, key: str
+) -> None:
+    """An account invoiced through Stripe is explained from its billing provider's invoice:
+    every Stripe copy is recognised as a mirror (and how), none is counted as an invoice of its
+    own, and the bill is paid as its copy was."""
+    planted = story(key)
+    result = await explain_account(
+        lookup=lookup, ident=classify_account(planted.account_id), invoice_id=None, llm=None
+    )
+    snapshot, explanation = result.snapshot, result.explanation
+    assert explanation.current.provider == planted.provider
+    assert {inv.provider for inv in snapshot.invoices} == {planted.provider}
+    billing = snapshot.get(planted.provider)
+    stripe = snapshot.get("stripe")
+    assert billing is not None and stripe is not None
+    assert len(snapshot.mirrors) == len(billing.invoices)
+    # Stripe's history starts by date, the provider's by period: at most one older copy is
+    # left over, and it is counted nowhere.
+    assert len(stripe.invoices) - len(snapshot.mirrors) == len(snapshot.unpaired_copies) <= 1
+    assert {m.evidence for m in snapshot.mirrors} == {MIRRORED[key]}
+    mirror = snapshot.mirror_of(explanation.current.id)
+    assert mirror is not None and mirror.copy.total == explanation.current.total
+    assert explanation.current.status.value == "paid"
+    assert stripe.payments and not any(p.provider != "stripe" for p in snapshot.payments)
+    assert "collected it as invoice" in " ".join(result.facts.lines)
+
+
+async def test_prepaid_burn_says_the_commit_burns_twice_as_fast(lookup: LookupService) -> None:
+    """Same total, doubled usage paid from the commit: the explanation says so, with what is
+    left and when it runs out, never "nothing changed"."""
+    planted = story("prepaid_burn")
+    result = await explain_account(
+        lookup=lookup, ident=classify_account(planted.account_id), invoice_id=None, llm=None
+    )
+    explanation = result.explanation
+    assert explanation.change.is_zero()
+    burn = explanation.prepaid
+    assert burn is not None and burn.rate is not None and burn.remaining is not None
+    assert abs(burn.rate - 2) < Decimal("0.01")
+    assert burn.periods_left is not None and abs(burn.periods_left - Decimal("2.5")) < 1
+    assert burn.runs_out is not None
+    text = result.deterministic
+    assert text.startswith("The total is unchanged, but usage paid from prepaid credit grew")
+    assert "(2× as fast)" in text and "runs out around" in text
+    assert "Nothing changed" not in text
+
+
 def _content(args: dict[str, Any]) -> str:
     blocks = args.get("blocks") or []
     if isinstance(blocks, str):
@@ -116,3 +174,7 @@ async def test_explain_over_slack_shows_each_storys_amount(
             amount = Money(planted.expected_amount, "usd").format()
             assert amount in text, f"{key}: {amount} not shown"
             assert planted.invoice_id is not None and planted.invoice_id in text
+            label = {"stripe": "Stripe", "orb": "Orb", "metronome": "Metronome"}[planted.provider]
+            assert f"billed by {label}" in text, f"{key}: not billed by {label}"
+            if key in MIRRORED:
+                assert "collected by Stripe as" in text, f"{key}: the Stripe copy is not named"

@@ -102,35 +102,48 @@ async def test_no_client_means_deterministic_without_note() -> None:
 
 
 async def test_amount_not_in_facts_is_rejected(
-    fake_openai: FakeOpenAI, llm: OpenAILLMClient
+    fake_openai: FakeOpenAI, llm: OpenAILLMClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A reply with a made-up amount is discarded and the note names the amount."""
+    """A reply with a made-up amount is discarded; the note says why in general terms and never
+    repeats the made-up amount, which goes to the log instead."""
     fake_openai.reply = "Your invoice in_1MtHbELkdIwHu7ixl4OzzPMv is $999.00."
-    result = await _word(llm)
+    with caplog.at_level(logging.WARNING, logger="bot.llm"):
+        result = await _word(llm)
     assert result.source == "deterministic"
     assert result.text == DETERMINISTIC
     assert result.note == (
-        "AI wording discarded: it mentioned $999.00, which is not in the billing facts; "
+        "AI wording discarded: it mentioned an amount that is not in the billing facts; "
         "showing the standard text"
     )
+    assert "$999.00" in caplog.text
 
 
 @pytest.mark.parametrize(
-    ("reply", "named"),
+    ("reply", "named", "kind"),
     [
-        ("See invoice in_MADEUP987654 for details.", "in_MADEUP987654"),
-        ("The invoice was issued on Nov 15, 2026.", "Nov 15, 2026"),
-        ("Usage grew 40% this month.", "40%"),
+        ("See invoice in_MADEUP987654 for details.", "in_MADEUP987654", "an ID"),
+        ("The invoice was issued on Nov 15, 2026.", "Nov 15, 2026", "a date"),
+        ("Usage grew 40% this month.", "40%", "a percentage"),
+        ("It rose by $12.00 and $13.00 on Nov 15, 2026.", "$13.00", "amounts and a date"),
     ],
 )
 async def test_made_up_id_date_or_share_is_rejected(
-    fake_openai: FakeOpenAI, llm: OpenAILLMClient, reply: str, named: str
+    fake_openai: FakeOpenAI,
+    llm: OpenAILLMClient,
+    caplog: pytest.LogCaptureFixture,
+    reply: str,
+    named: str,
+    kind: str,
 ) -> None:
-    """An invented ID, date or percentage makes the bot fall back to the standard text."""
+    """An invented ID, date or percentage makes the bot fall back to the standard text; the
+    note names the kind of mistake, the log the mention itself."""
     fake_openai.reply = reply
-    result = await _word(llm)
+    with caplog.at_level(logging.WARNING, logger="bot.llm"):
+        result = await _word(llm)
     assert result.source == "deterministic"
-    assert result.note is not None and named in result.note
+    assert result.note is not None and named not in result.note
+    assert f"it mentioned {kind} that " in result.note
+    assert named in caplog.text
 
 
 def _obedient_model(request: dict[str, Any]) -> str:
@@ -168,7 +181,7 @@ async def test_injection_that_smuggles_an_amount_is_rejected(
     fake_openai.reply = "The customer asked about $999.00; the invoice is $1,250.50."
     result = await _word(llm, facts=_facts(memo=INJECTION))
     assert result.source == "deterministic"
-    assert result.note is not None and "$999.00" in result.note
+    assert result.note is not None and "$999.00" not in result.note
 
 
 async def test_prompt_has_no_secrets_cards_or_third_party_emails(

@@ -627,6 +627,25 @@ async def test_snapshot_balances_and_usage(client: MetronomeBillingProvider) -> 
     assert snap.payments == () and snap.refunds == () and snap.disputes == ()
 
 
+async def test_a_balance_without_credit_type_is_a_malformed_response() -> None:
+    """A commit whose schedule states no credit type is a malformed response naming Metronome:
+    its balance is not guessed to be USD cents."""
+    world = build_fixture_world()
+    del world.data["acct_acme"].balances[0]["access_schedule"]["credit_type"]
+    async with FakeProviderServer(MetronomeSandboxServer(world, api_key=API_KEY)) as fake:
+        provider = MetronomeBillingProvider(
+            API_KEY, base_url=fake.url, policy=FAST, clock=lambda: NOW
+        )
+        try:
+            [record] = await provider.find_customers(IdentifierKind.METRONOME_CUSTOMER, ACME)
+            with pytest.raises(ProviderBadResponse) as info:
+                await provider.get_snapshot(record)
+        finally:
+            await provider.aclose()
+    assert info.value.provider == "metronome"
+    assert info.value.message == "Metronome sent a balance with no credit type"
+
+
 async def test_snapshot_requests_use_metronome_shapes(
     client: MetronomeBillingProvider, server: FakeProviderServer
 ) -> None:

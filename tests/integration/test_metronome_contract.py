@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Mapping
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,18 +28,16 @@ from referencing.jsonschema import DRAFT4
 from integrations.sandbox.metronome_server import MetronomeSandboxServer
 from integrations.sandbox.world import build_world
 from tests.integration.test_metronome_client import ACME, API_KEY, BULK, build_fixture_world, uid
+from tests.support.contracts import load_contract
 from tests.support.fakeserver import FakeProviderServer
 
-SPEC_PATH = Path(__file__).resolve().parents[3] / "shared" / "specs" / "metronome-openapi.json"
 SPEC_URI = "urn:metronome-openapi"
 
 
 @pytest.fixture(scope="module")
 def spec() -> Mapping[str, Any]:
-    """Metronome's OpenAPI spec, read in place."""
-    if not SPEC_PATH.exists():
-        pytest.fail(f"Metronome's OpenAPI spec is missing at {SPEC_PATH}")
-    return _ref_siblings_ignored(json.loads(SPEC_PATH.read_text()))
+    """Metronome's OpenAPI spec, vendored in tests/contracts/."""
+    return _ref_siblings_ignored(load_contract("metronome-openapi.json"))
 
 
 def _ref_siblings_ignored(node: Any) -> Any:

@@ -6,12 +6,10 @@ SDK's pydantic models in strict JSON mode (notes/providers.md §8.2).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from functools import cache
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -28,20 +26,17 @@ from referencing.jsonschema import DRAFT202012
 
 from integrations.sandbox.orb_server import OrbSandboxServer
 from tests.integration.test_orb_client import API_KEY, FixtureWorld, fixture_world
+from tests.support.contracts import load_contract
 from tests.support.fakeserver import FakeProviderServer
 
-SPEC_PATH = Path(__file__).resolve().parents[3] / "shared" / "specs" / "orb-openapi.json"
 SPEC_URI = "urn:orb-openapi"
-
-pytestmark = pytest.mark.skipif(not SPEC_PATH.exists(), reason=f"{SPEC_PATH} is not present")
-
 
 # --- OpenAPI validation ----------------------------------------------------------------------
 
 
 @cache
 def _registry() -> Registry[Any]:
-    spec = json.loads(SPEC_PATH.read_text())
+    spec = load_contract("orb-openapi.json")
     # Spec quirk: `Invoice.discount` is `oneOf [DEPRECATED_InvoiceLevelDiscount, null]` and that
     # schema is empty (matches anything), so Orb's own `"discount": null` matches both branches
     # and fails `oneOf`. Narrow the deprecated branch to non-null, in memory only.
@@ -84,14 +79,12 @@ def _generated_world() -> Any:
     return build_world(ordinary_accounts=12)
 
 
-WORLDS: dict[str, Callable[[], Any]] = {"fixture": fixture_world}
-if importlib.util.find_spec("integrations.sandbox.generate") is not None:
-    WORLDS["generated"] = _generated_world
+WORLDS: dict[str, Callable[[], Any]] = {"fixture": fixture_world, "generated": _generated_world}
 
 
 @pytest_asyncio.fixture(params=sorted(WORLDS))
 async def served(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Any, FakeProviderServer]]:
-    """(world, fake server) for the hand-written world and, once it lands, the generated one."""
+    """(world, fake server) for the hand-written world and the generated one."""
     world = WORLDS[request.param]()
     async with FakeProviderServer(OrbSandboxServer(world, api_key=API_KEY)) as server:
         yield world, server

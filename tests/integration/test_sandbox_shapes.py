@@ -8,7 +8,6 @@ import json
 import typing
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import metronome.types.shared as metronome_shared
@@ -32,11 +31,8 @@ from stripe._list_object import ListObject
 from stripe._stripe_object import StripeObject
 
 from integrations.sandbox.world import SandboxAccount, SandboxWorld, build_world
+from tests.support.contracts import load_contract
 
-SPECS = Path(__file__).resolve().parents[2].parent / "shared" / "specs"
-pytestmark = pytest.mark.skipif(
-    not (SPECS / "orb-openapi.json").is_file(), reason=f"provider specs not found in {SPECS}"
-)
 NOW = datetime(2026, 3, 15, tzinfo=UTC)
 Obj = dict[str, Any]
 
@@ -94,7 +90,7 @@ class SpecCheck:
 @pytest.fixture(scope="module")
 def orb_spec() -> SpecCheck:
     """Orb's OpenAPI 3.1 document, read in place."""
-    spec = json.loads((SPECS / "orb-openapi.json").read_text())
+    spec = load_contract("orb-openapi.json")
     # The spec's invoice `discount` is oneOf[DEPRECATED_InvoiceLevelDiscount, null] where the
     # deprecated schema is `{}`, so null matches both branches and no value could ever be null;
     # Orb sends null when there is no discount. anyOf is what the spec means.
@@ -106,7 +102,7 @@ def orb_spec() -> SpecCheck:
 @pytest.fixture(scope="module")
 def metronome_spec() -> SpecCheck:
     """Metronome's OpenAPI 3.0 document, read in place."""
-    spec = json.loads((SPECS / "metronome-openapi.json").read_text())
+    spec = load_contract("metronome-openapi.json")
     return SpecCheck(spec, "urn:spec:metronome", oas31=False)
 
 
@@ -349,7 +345,7 @@ def test_stripe_objects_keep_the_sample_objects_field_names(
 ) -> None:
     """Every field of Stripe's sample object that the pinned SDK still has is present on ours
     (the stale top-level invoice `subscription` is the one the SDK dropped)."""
-    fixtures = json.loads((SPECS / "stripe-fixtures3.json").read_text())["resources"]
+    fixtures = load_contract("stripe-fixtures3.json")["resources"]
     missing: set[str] = set()
     seen: set[str] = set()
     for acct in sample:

@@ -9,7 +9,6 @@ official SDK against, so these shapes are checked against the SDK's classes ther
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
@@ -831,6 +830,46 @@ async def test_zero_decimal_currency(stripe: StripeBillingProvider) -> None:
     assert snap.usage == () and snap.upcoming_invoice is None and snap.balances == ()
 
 
+@pytest.mark.parametrize(
+    ("drop", "what"),
+    [("invoice", "an invoice"), ("charge", "a charge"), ("subscription", "a subscription")],
+)
+async def test_an_object_without_currency_is_a_malformed_response(
+    world: FixtureWorld, stripe: StripeBillingProvider, drop: str, what: str
+) -> None:
+    """An invoice, charge or subscription with no currency is a malformed response naming Stripe,
+    never silently read as USD."""
+    data = world.data["acct_acme"]
+    objects = {"invoice": data.invoices, "charge": data.charges, "subscription": data.subscriptions}
+    objects[drop][0]["currency"] = None
+    [record] = await stripe.find_customers(IdentifierKind.STRIPE_CUSTOMER, JANE)
+    with pytest.raises(ProviderBadResponse) as info:
+        await stripe.get_snapshot(record)
+    assert info.value.provider == "stripe"
+    assert info.value.message == f"Stripe sent {what} with no currency"
+
+
+async def test_a_customer_without_currency_has_no_balance_unless_it_owes_one(
+    world: FixtureWorld, stripe: StripeBillingProvider
+) -> None:
+    """A never-billed customer (no currency, zero balance) resolves with no balance; a balance
+    with no currency is malformed."""
+    [bob] = await stripe.find_customers(IdentifierKind.STRIPE_CUSTOMER, "cus_Bob000000001")
+    assert bob.currency == "usd" and bob.balance == usd("0")
+    world.data["acct_bob"].customer.update(currency=None, balance=0)
+    world.data["acct_quote"].customer.update(currency=None, balance=-500)
+    fresh = StripeSandboxServer(world, api_key=KEY)
+    async with FakeProviderServer(fresh) as other:
+        client = StripeBillingProvider(KEY, base_url=other.url, policy=FAST, clock=lambda: NOW)
+        try:
+            [bob] = await client.find_customers(IdentifierKind.STRIPE_CUSTOMER, "cus_Bob000000001")
+            assert bob.currency is None and bob.balance is None
+            with pytest.raises(ProviderBadResponse, match="customer balance with no currency"):
+                await client.find_customers(IdentifierKind.STRIPE_CUSTOMER, "cus_Quote0000001")
+        finally:
+            await client.aclose()
+
+
 async def test_pagination_is_followed(
     stripe: StripeBillingProvider, server: FakeProviderServer
 ) -> None:
@@ -981,15 +1020,9 @@ async def test_error_messages_never_echo_keys(
 # --- the generated sandbox world ----------------------------------------------------------------
 
 
-def _generated_world_available() -> bool:
-    return importlib.util.find_spec("integrations.sandbox.generate") is not None
-
-
 @pytest.fixture(scope="module")
 def generated_world() -> Iterator[Any]:
-    """The real sandbox world, when it is present in this checkout."""
-    if not _generated_world_available():
-        pytest.skip("integrations.sandbox.generate is not present")
+    """The real sandbox world."""
     from integrations.sandbox.world import build_world
 
     yield build_world(ordinary_accounts=20)

@@ -30,6 +30,7 @@ from integrations.sandbox.stripe_server import StripeSandboxServer
 from tests.integration import test_metronome_contract as metronome_contract
 from tests.integration import test_orb_contract as orb_contract
 from tests.integration.test_stripe_contract import assert_sdk_shape
+from tests.support.contracts import load_contract
 from tests.support.fakeserver import FakeProviderServer
 from tests.support.providers import KEYS
 from tests.support.writes import world
@@ -176,7 +177,6 @@ async def orb_served() -> AsyncIterator[tuple[str, str]]:
         yield server.url, str(cid)
 
 
-@pytest.mark.skipif(not orb_contract.SPEC_PATH.exists(), reason="Orb spec missing")
 async def test_orb_sdk_creates_and_lists_ledger_entries(orb_served: tuple[str, str]) -> None:
     """`credits.ledger.create_entry` answers an `IncrementLedgerEntry` (strict), replays the
     same key, is ResourceConflict for another payload; the entry lists in the ledger and the
@@ -210,7 +210,6 @@ async def test_orb_sdk_creates_and_lists_ledger_entries(orb_served: tuple[str, s
         await sdk.close()
 
 
-@pytest.mark.skipif(not orb_contract.SPEC_PATH.exists(), reason="Orb spec missing")
 async def test_orb_write_bodies_match_the_openapi_spec(orb_served: tuple[str, str]) -> None:
     """The 201 entry, the ledger page, the credits page and the 409/400 errors fit the spec."""
     url, cid = orb_served
@@ -246,7 +245,7 @@ async def test_orb_write_bodies_match_the_openapi_spec(orb_served: tuple[str, st
 def metronome_spec() -> dict[str, Any]:
     """Metronome's spec with the contradicting `$ref` siblings dropped (see its contract test)."""
     return metronome_contract._ref_siblings_ignored(  # type: ignore[no-any-return]
-        json.loads(metronome_contract.SPEC_PATH.read_text())
+        load_contract("metronome-openapi.json")
     )
 
 
@@ -282,7 +281,6 @@ def _schedule() -> dict[str, Any]:
         "ending_before": end.strftime("%Y-%m-%dT%H:%M:%SZ")}]}  # fmt: skip
 
 
-@pytest.mark.skipif(not metronome_contract.SPEC_PATH.exists(), reason="Metronome spec missing")
 async def test_metronome_sdk_creates_and_lists_credits(metronome_served: tuple[str, str]) -> None:
     """`customers.credits.create` answers `{data: {id}}`; a reused uniqueness_key is the SDK's
     ConflictError; the credit lists (strict `Credit`) and shows in the balances."""
@@ -311,7 +309,6 @@ async def test_metronome_sdk_creates_and_lists_credits(metronome_served: tuple[s
         await sdk.close()
 
 
-@pytest.mark.skipif(not metronome_contract.SPEC_PATH.exists(), reason="Metronome spec missing")
 async def test_metronome_write_bodies_match_the_openapi_spec(
     metronome_served: tuple[str, str],
 ) -> None:

@@ -691,3 +691,46 @@ def test_period_length_difference_is_noted() -> None:
     short = replace(short, period_start=datetime(2024, 4, 20, tzinfo=UTC))
     result = explain_invoice(short, [before])
     assert any("covers 11 days" in note for note in result.notes)
+
+
+# --- defects the oracle property (test_findings_oracle.py) caught, pinned as examples ----------
+
+
+def test_a_credit_change_is_not_mistaken_for_a_tax_rate_change() -> None:
+    """Tax is on the charges after discounts and prepaid credits: when credits stop, the tax
+    that follows the larger base is one finding at the unchanged rate, not a made-up rate
+    change (the engine once took the base before credits: "4.95% → 5%")."""
+    api = usage("il_api", "api_requests", 100, "0.01")
+    before = invoice("in_1", 3, [PRO, api], credits="1.00", tax="4.95")  # 5% of $99.00
+    after = invoice("in_2", 4, [PRO, usage("il_api2", "api_requests", 200, "0.01")], tax="5.05")
+    result = explain_invoice(after, [before])
+    check_invariants(result)
+    tax = only(result, FindingKind.TAX_CHANGE)
+    assert tax.amount == usd("0.10") and tax.detail["old_rate"] == tax.detail["new_rate"] == "5%"
+
+
+def test_usage_that_doubled_at_half_the_price_is_reported_not_hidden() -> None:
+    """Twice the usage at half the unit price leaves the line's amount unchanged; both changes
+    are still reported (they sum to zero), not "nothing changed"."""
+    before = invoice("in_1", 3, [usage("il_a", "api_requests", 100, "0.02")])
+    after = invoice("in_2", 4, [usage("il_b", "api_requests", 200, "0.01")])
+    result = explain_invoice(after, [before])
+    assert [(f.kind, f.amount) for f in result.findings] == [
+        (FindingKind.USAGE_GROWTH, usd("2.00")),
+        (FindingKind.PRICE_CHANGE, usd("-2.00")),
+    ]
+    assert result.change.is_zero()
+
+
+def test_an_add_on_swapped_for_another_is_two_lines_not_a_plan_change() -> None:
+    """With the plan's own fee unchanged, an add-on that went away and another that came are a
+    removed and a new line, even at the same price (paired as a "plan change" they vanished)."""
+    support = line("il_s", "100.00", description="Premium support", price_id="price_support")
+    onboarding = line("il_o", "100.00", description="Onboarding", price_id="price_onboard")
+    result = explain_invoice(
+        invoice("in_2", 4, [PRO, onboarding]), [invoice("in_1", 3, [PRO, support])]
+    )
+    assert sorted((f.kind, f.amount) for f in result.findings) == [
+        (FindingKind.NEW_LINE, usd("100.00")),
+        (FindingKind.REMOVED_LINE, usd("-100.00")),
+    ]

@@ -1,9 +1,8 @@
-"""manifest.yml against Slack's app manifest schema (../shared/specs/), offline."""
+"""manifest.yml against Slack's app manifest schema (vendored in tests/contracts/), offline."""
 
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,22 +12,18 @@ from jsonschema import Draft7Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
+from tests.support.contracts import load_contract
+
 REPO = Path(__file__).resolve().parents[2]
-SPECS = REPO.parent / "shared" / "specs"
 SCHEMA_URL = (
     "https://raw.githubusercontent.com/slackapi/manifest-schema/v0.5.0/schemas/"
     "manifest.schema.{version}.json"
 )
 VERSIONS = ("1.0.0", "2.0.0")
 
-pytestmark = pytest.mark.skipif(
-    not (SPECS / "slack-manifest.schema.json").is_file(),
-    reason=f"Slack manifest schema not found at {SPECS} (the shared/ folder beside the repo)",
-)
-
 
 def _load(name: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((SPECS / name).read_text(encoding="utf-8"))
+    data: dict[str, Any] = load_contract(name)
     return data
 
 

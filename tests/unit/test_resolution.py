@@ -3,6 +3,8 @@ ambiguity, not found, partial provider failures, and the links cache."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -14,8 +16,13 @@ import pytest
 from bot.domain.identifiers import IdentifierKind, classify_account
 from bot.domain.models import CustomerRecord, ProviderName, ProviderSnapshot
 from bot.domain.records import AccountLink
-from bot.errors import AccountNotFound, AmbiguousAccount, ProviderUnavailable
-from bot.services.lookup import LookupService
+from bot.errors import (
+    AccountNotFound,
+    AmbiguousAccount,
+    ProviderBadResponse,
+    ProviderUnavailable,
+)
+from bot.services.lookup import NOT_THERE, LookupService
 
 
 @dataclass
@@ -26,9 +33,15 @@ class FakeBillingProvider:
     customers: list[CustomerRecord] = field(default_factory=list)
     fail: bool = False
     calls: list[tuple[str, str]] = field(default_factory=list)
+    #: Seconds every lookup takes (a slow provider).
+    delay: float = 0.0
+    #: Raised by `get_snapshot` (e.g. a malformed response).
+    snapshot_error: Exception | None = None
 
     async def find_customers(self, kind: IdentifierKind, value: str) -> list[CustomerRecord]:
         self.calls.append((kind.value, value))
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if self.fail:
             raise ProviderUnavailable(self.name, f"{self.name} is unavailable", status=500)
         match kind:
@@ -45,6 +58,8 @@ class FakeBillingProvider:
         return []
 
     async def get_snapshot(self, customer: CustomerRecord) -> ProviderSnapshot:
+        if self.snapshot_error is not None:
+            raise self.snapshot_error
         if self.fail:
             raise ProviderUnavailable(self.name, f"{self.name} is unavailable", status=500)
         return ProviderSnapshot(self.name, customer)
@@ -201,3 +216,148 @@ async def test_stale_or_broken_links_are_resolved_afresh() -> None:
     fresh = LookupService(fakes, database=db, clock=lambda: now + timedelta(days=2))
     resolution = await fresh.resolve(classify_account("acct_a"))
     assert "orb" not in resolution.customers
+
+
+async def test_a_provider_down_during_the_first_lookup_is_asked_again_next_time() -> None:
+    """Orb failing once is not remembered as "no Orb customer": the next lookup asks Orb again
+    and finds it, and only then is every provider cached."""
+    fakes = providers()
+    db = FakeDatabase()
+    service = LookupService(fakes, database=db)
+    fakes["orb"].fail = True
+    first = await service.resolve(classify_account("a@x.example"))
+    assert first.failures == {"orb": "unavailable"}
+    assert sorted(p for _, p in db.links.rows) == ["metronome", "stripe"]  # no row for Orb
+    fakes["orb"].fail = False
+    for fake in fakes.values():
+        fake.calls.clear()
+    second = await service.resolve(classify_account("a@x.example"))
+    assert set(second.customers) == {"stripe", "orb", "metronome"} and not second.failures
+    assert ("account_id", "acct_a") in fakes["orb"].calls
+    assert sorted(p for _, p in db.links.rows) == ["metronome", "orb", "stripe"]
+    for fake in fakes.values():
+        fake.calls.clear()
+    third = await service.resolve(classify_account("a@x.example"))
+    assert set(third.customers) == {"stripe", "orb", "metronome"}
+    assert fakes["orb"].calls == [("orb_customer", "OrbA1")]  # now from the cache
+
+
+async def test_a_provider_with_no_customer_is_cached_as_not_there_for_a_short_while() -> None:
+    """A Stripe-only account is served from the cache (Orb and Metronome answered "none"), and
+    those "none" answers expire after minutes, not hours."""
+    fakes = providers()
+    fakes["orb"].customers.clear()
+    fakes["metronome"].customers.clear()
+    db = FakeDatabase()
+    now = datetime(2026, 11, 1, tzinfo=UTC)
+    service = LookupService(fakes, database=db, clock=lambda: now)
+    await service.resolve(classify_account("acct_a"))
+    assert {p: link.customer_id for (_, p), link in db.links.rows.items()} == {
+        "stripe": "cus_A1",
+        "orb": NOT_THERE,
+        "metronome": NOT_THERE,
+    }
+    for fake in fakes.values():
+        fake.calls.clear()
+    cached = await service.resolve(classify_account("acct_a"))
+    assert set(cached.customers) == {"stripe"}
+    assert fakes["orb"].calls == [] and fakes["metronome"].calls == []
+    later = LookupService(fakes, database=db, clock=lambda: now + timedelta(minutes=11))
+    await later.resolve(classify_account("acct_a"))
+    assert fakes["orb"].calls == [("account_id", "acct_a")]
+
+
+async def test_the_cached_path_keeps_to_the_lookup_timeout() -> None:
+    """A provider that hangs on the cached path is named as timed out within the lookup's
+    budget; the others still resolve."""
+    fakes = providers()
+    db = FakeDatabase()
+    service = LookupService(fakes, database=db)
+    await service.resolve(classify_account("acct_a"))
+    fakes["metronome"].delay = 5.0
+    started = time.monotonic()
+    resolution = await service.resolve(classify_account("acct_a"), timeout=0.3)
+    assert time.monotonic() - started < 1.0
+    assert resolution.failures == {"metronome": "timed out"}
+    assert set(resolution.customers) == {"stripe", "orb"}
+
+
+async def test_a_provider_that_sends_an_unreadable_object_is_named_and_the_rest_show() -> None:
+    """A malformed provider response (e.g. an invoice with no currency) names that provider;
+    the other providers' data is still shown."""
+    fakes = providers()
+    fakes["orb"].snapshot_error = ProviderBadResponse("orb", "Orb sent an invoice with no currency")
+    snapshot = await LookupService(fakes).snapshot(classify_account("acct_a"))
+    assert [p.provider for p in snapshot.providers] == ["stripe", "metronome"]
+    assert [(f.provider, f.reason) for f in snapshot.failures] == [("orb", "unavailable")]
+
+
+def email_customers(
+    stripe_account: str | None, metronome_name: str, metronome_account: str | None = None
+) -> dict[str, FakeBillingProvider]:
+    """Stripe and Metronome customers sharing billing@shared.example (a Metronome alias)."""
+    stripe = CustomerRecord(
+        "stripe", "cus_S1", stripe_account, name="Acme Inc", email="billing@shared.example"
+    )
+    metronome = CustomerRecord(
+        "metronome",
+        "9b3a1c2d-0e9f-4a8b-9c7d-6e5f4a3b2c1d",
+        metronome_account,
+        name=metronome_name,
+        email="billing@shared.example",
+    )
+    return {
+        "stripe": FakeBillingProvider("stripe", [stripe]),
+        "orb": FakeBillingProvider("orb", []),
+        "metronome": FakeBillingProvider("metronome", [metronome]),
+    }
+
+
+async def test_customers_joined_only_by_email_are_flagged_not_silently_merged() -> None:
+    """One email in Stripe and Metronome, no account ID in common, the same company name: shown
+    as one account, flagged "matched by email only" for both; never cached."""
+    db = FakeDatabase()
+    service = LookupService(email_customers(None, "ACME, Inc."), database=db)
+    snapshot = await service.snapshot(classify_account("billing@shared.example"))
+    assert snapshot.account.account_id is None
+    assert set(snapshot.account.customer_ids) == {"stripe", "metronome"}
+    assert snapshot.account.email_only == ("stripe", "metronome")
+    assert db.links.rows == {}
+
+
+async def test_a_customer_without_the_account_id_is_the_one_flagged() -> None:
+    """Stripe knows our account ID, the Metronome customer found by the same email does not:
+    Metronome is the provider matched by email only."""
+    service = LookupService(email_customers("acct_s", "Acme"))
+    resolution = await service.resolve(classify_account("billing@shared.example"))
+    assert resolution.account_id == "acct_s"
+    assert resolution.email_only == ("metronome",)
+    both = LookupService(email_customers("acct_s", "Acme", metronome_account="acct_s"))
+    assert (await both.resolve(classify_account("billing@shared.example"))).email_only == ()
+
+
+async def test_different_customers_behind_one_email_are_listed_not_merged() -> None:
+    """Different company names behind one email, no account ID in common: both are listed and
+    the user chooses; nothing is merged."""
+    service = LookupService(email_customers(None, "Globex Labs"))
+    with pytest.raises(AmbiguousAccount) as info:
+        await service.resolve(classify_account("billing@shared.example"))
+    text = info.value.message
+    assert "cus_S1" in text and "9b3a1c2d-0e9f-4a8b-9c7d-6e5f4a3b2c1d" in text
+    assert "Acme Inc" in text and "Globex Labs" in text
+    assert "matched by email only" in text
+
+
+async def test_a_provider_left_without_time_is_named_as_not_asked() -> None:
+    """When the first providers' answers use up the lookup's budget, the providers that would
+    be asked next by account ID are named as not asked, not silently left out."""
+    fakes = providers()
+    fakes["stripe"].delay = 0.35
+    service = LookupService(fakes, resolve_timeout=0.5, min_call_seconds=0.2)
+    snapshot = await service.snapshot(classify_account("a@x.example"))
+    assert [p.provider for p in snapshot.providers] == ["stripe"]
+    assert [(f.provider, f.reason) for f in snapshot.skipped] == [
+        ("orb", "not asked: the lookup ran out of time"),
+        ("metronome", "not asked: the lookup ran out of time"),
+    ]
+    assert snapshot.failures == ()

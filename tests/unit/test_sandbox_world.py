@@ -17,14 +17,14 @@ import pytest
 
 from integrations.sandbox.accounts import METRONOME_KINDS, ORB_KINDS, STRIPE_KINDS
 from integrations.sandbox.population import POPULATION
-from integrations.sandbox.stories import proration_net, stories_of
+from integrations.sandbox.stories import STORY_SPECS, proration_net, stories_of
 from integrations.sandbox.world import SandboxAccount, SandboxWorld, build_world
 
 NOW = datetime(2026, 3, 15, tzinfo=UTC)
 STORY_KEYS = {
     "usage_spike", "plan_change_proration", "expired_coupon", "duplicate_charge",
     "failed_payment_dunning", "open_dispute", "new_addon", "tax_change", "depleted_credits",
-    "multi_provider", "ambiguous_email",
+    "multi_provider", "ambiguous_email", "mirrored_orb", "mirrored_metronome", "prepaid_burn",
 }  # fmt: skip
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 Obj = dict[str, Any]
@@ -106,9 +106,9 @@ def test_build_time_is_measured() -> None:
     w = build_world()
     elapsed = time.perf_counter() - started
     print(f"build_world(): {elapsed * 1000:.1f} ms for {len(w.accounts)} accounts")
-    assert len(w.accounts) == 300 + 12 + len(POPULATION)
+    assert len(w.accounts) == 300 + len(STORY_SPECS) + len(POPULATION)
     assert not w._bundles  # nothing generated until an account is looked at
-    assert len(build_world(population=False).accounts) == 300 + 12
+    assert len(build_world(population=False).accounts) == 300 + len(STORY_SPECS)
 
 
 # --- the index ----------------------------------------------------------------------------------
@@ -304,7 +304,24 @@ def _check_orb_invoice(inv: Obj) -> None:
     assert _cents(inv["total"]) == sum(_cents(li["amount"]) for li in lines) + taxes
     assert inv["amount_due"] == inv["total"]
     paid = sum(_cents(p["amount"]) for p in inv["payment_attempts"] if p["succeeded"])
-    assert paid == _cents(inv["amount_due"])
+    if inv["status"] == "synced":  # Stripe Invoicing collects it: Orb records no payment
+        assert paid == 0 and inv["paid_at"] is None
+    else:
+        assert paid == _cents(inv["amount_due"])
+
+
+def _check_stripe_copy(copy: Obj, total_cents: int) -> None:
+    """A Stripe copy of another provider's invoice: one-off items only (no price, product or
+    subscription), the source's total, paid through its own invoice payment."""
+    lines = copy["lines"]["data"]
+    assert copy["parent"] is None and copy["billing_reason"] == "manual"
+    assert copy["subtotal"] == copy["total"] == sum(li["amount"] for li in lines) == total_cents
+    for li in lines:
+        assert li["parent"]["type"] == "invoice_item_details"
+        assert li["parent"]["invoice_item_details"]["invoice_item"].startswith("ii_")
+        assert li["pricing"]["price_details"] is None and li["subscription"] is None
+    assert copy["status"] == "paid" and copy["amount_paid"] == copy["amount_due"]
+    assert len(copy["payments"]["data"]) == (1 if total_cents else 0)
 
 
 def _check_metronome_invoice(inv: Obj) -> None:
@@ -330,6 +347,13 @@ def test_invoice_totals_add_up_the_way_each_provider_computes_them(world: Sandbo
             assert met is not None
             for inv in met.invoices:
                 _check_metronome_invoice(inv)
+        if acct.story in ("mirrored_orb", "mirrored_metronome", "prepaid_burn"):
+            stripe = world.stripe(acct.account_id)
+            sources = _invoices(world, acct)
+            assert stripe is not None and len(stripe.invoices) == len(sources)
+            for source, copy in zip(sources, stripe.invoices, strict=True):
+                cents = _cents(source["total"]) if acct.billing == "orb" else int(source["total"])
+                _check_stripe_copy(copy, cents)
 
 
 def test_usage_lines_equal_the_daily_usage_of_their_period(world: SandboxWorld) -> None:
@@ -760,6 +784,71 @@ def test_depleted_credits_story(world: SandboxWorld) -> None:
     assert deductions[-1]["invoice_id"] == latest["id"]
 
 
+def test_mirrored_orb_story(world: SandboxWorld) -> None:
+    """Orb through Stripe Invoicing: the customer is set up for `stripe_invoice`, every Orb
+    invoice is `synced` with no payment of its own, and its Stripe copy carries Orb's metadata;
+    Compute hours grew 40% on the latest, nothing else changed."""
+    story = _story(world, "mirrored_orb")
+    orb, stripe = world.orb(story.account_id), world.stripe(story.account_id)
+    assert orb is not None and stripe is not None
+    assert orb.customer["payment_provider"] == "stripe_invoice"
+    assert {inv["status"] for inv in orb.invoices} == {"synced"}
+    assert all(inv["payment_attempts"] == [] for inv in orb.invoices)
+    for source, copy in zip(orb.invoices, stripe.invoices, strict=True):
+        assert copy["metadata"]["orb_invoice_id"] == source["id"]
+        assert copy["metadata"]["payment_source"] == "orb"
+    new, old = _lines_by_name(orb.invoices[0], "orb"), _lines_by_name(orb.invoices[1], "orb")
+    grown = Decimal(new.pop("Compute hours")) / Decimal(old.pop("Compute hours"))
+    assert abs(grown - Decimal("1.4")) < Decimal("0.01")
+    assert new == old
+    assert story.expected_finding == "usage_growth" and story.expected_amount is not None
+
+
+def test_mirrored_metronome_story(world: SandboxWorld) -> None:
+    """Metronome through Stripe: each invoice names its Stripe copy in `external_invoice`, the
+    copies carry no metadata and one item per product; Compute hours went from 9 to 11 cents a
+    vCPU-hour with the same usage."""
+    story = _story(world, "mirrored_metronome")
+    met, stripe = world.metronome(story.account_id), world.stripe(story.account_id)
+    assert met is not None and stripe is not None
+    copies = {inv["id"]: inv for inv in stripe.invoices}
+    for source in met.invoices:
+        external = source["external_invoice"]
+        assert external["billing_provider_type"] == "stripe"
+        copy = copies[external["invoice_id"]]
+        assert copy["metadata"] == {} and copy["total"] == source["total"]
+    latest, previous = ({li["name"]: li for li in inv["line_items"]} for inv in met.invoices[:2])
+    assert (previous["Compute hours"]["unit_price"], latest["Compute hours"]["unit_price"]) == (
+        9,
+        11,
+    )
+    assert latest["Compute hours"]["quantity"] == previous["Compute hours"]["quantity"]
+    assert story.expected_amount == Decimal(latest["Compute hours"]["quantity"] * 2) / 100
+
+
+def test_prepaid_burn_story(world: SandboxWorld) -> None:
+    """Metronome with a prepaid commit: AI inference doubled, the commit paid for all of it, so
+    every invoice totals the platform fee alone; the Stripe copies name nothing and show the
+    usage at $0.00; two and a half latest periods' worth of commit is left."""
+    story = _story(world, "prepaid_burn")
+    met, stripe = world.metronome(story.account_id), world.stripe(story.account_id)
+    assert met is not None and stripe is not None
+    latest, previous = met.invoices[0], met.invoices[1]
+    assert latest["total"] == previous["total"]
+    usage = [
+        next(li["total"] for li in inv["line_items"] if li["name"] == "AI inference")
+        for inv in (latest, previous)
+    ]
+    assert abs(usage[0] - 2 * usage[1]) <= 1
+    assert all("invoice_id" not in inv["external_invoice"] for inv in met.invoices)
+    assert all(copy["metadata"] == {} for copy in stripe.invoices)
+    inference = next(li for li in stripe.invoices[0]["lines"]["data"] if li["description"] ==
+                     "AI inference")  # fmt: skip
+    assert inference["amount"] == 0
+    (commit,) = met.balances
+    assert commit["balance"] == usage[0] * 5 // 2
+
+
 def test_multi_provider_story(world: SandboxWorld) -> None:
     """One account in Stripe, Orb and Metronome at once; Stripe charges pay both providers."""
     story = _story(world, "multi_provider")
@@ -809,7 +898,7 @@ def test_more_accounts_than_names_get_numbered_ids() -> None:
     """Past the list of company names, ordinary accounts are numbered (`acct_00001`…)."""
     w = build_world(now=NOW, ordinary_accounts=1200, population=False)
     ids = [a.account_id for a in w.accounts]
-    assert len(set(ids)) == len(ids) == 1212
+    assert len(set(ids)) == len(ids) == 1200 + len(STORY_SPECS)
     assert "acct_00001" in ids
     assert w.owner_of(str(w.accounts[-1].stripe_customer_id)) == ids[-1]
 
@@ -819,7 +908,7 @@ def test_the_labelled_population_follows_the_ordinary_accounts(world: SandboxWor
     the provider it names, its objects' IDs owned by it, and labelled only in the recent past."""
     accounts = {a.account_id: a for a in world.accounts}
     first = min(accounts[p.account_id].number for p in POPULATION)
-    assert first == 12 + 300
+    assert first == len(STORY_SPECS) + 300
     for plant in POPULATION:
         acct = accounts[plant.account_id]
         assert (acct.plant, acct.story, acct.billing) == (plant.key, None, plant.billing)

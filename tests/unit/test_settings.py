@@ -93,6 +93,26 @@ def test_a_provider_key_turns_the_sandbox_off_unless_forced(
     assert Settings.load().use_sandbox
 
 
+def test_sandbox_off_without_any_provider_key_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SANDBOX=0 with no provider key is refused with what to set, instead of starting the
+    sandbox anyway; with a key it means the real providers."""
+    monkeypatch.setenv("SANDBOX", "0")
+    with pytest.raises(ConfigError) as info:
+        Settings.load()
+    assert info.value.message.splitlines() == [
+        "SANDBOX: is 0 but no provider key is set; set STRIPE_API_KEY, ORB_API_KEY or "
+        "METRONOME_API_KEY, or unset SANDBOX to use the built-in sandbox."
+    ]
+    monkeypatch.setenv("METRONOME_API_KEY", "met-key")
+    settings = Settings.load()
+    assert not settings.use_sandbox
+    assert settings.enabled_providers == ("metronome",)
+    monkeypatch.setenv("SANDBOX", "")  # blank is unset: the key decides
+    assert not Settings.load().use_sandbox
+
+
 def test_dotenv_in_the_working_directory_is_read(tmp_path: Path) -> None:
     """A `.env` file in the working directory configures the app (tests run in tmp_path)."""
     (tmp_path / ".env").write_text("BILLING_COMMAND=/billing-dev\nFINANCE_CHANNEL=C0FIN\n")
