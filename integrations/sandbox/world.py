@@ -24,6 +24,7 @@ from integrations.sandbox.accounts import (
     StripeData,
 )
 from integrations.sandbox.generate import build_account
+from integrations.sandbox.population import POPULATION
 from integrations.sandbox.specs import STORY_SPECS
 
 __all__ = [
@@ -43,7 +44,8 @@ __all__ = [
 class SandboxWorld:
     """The index of accounts, with each account's provider objects generated lazily.
 
-    `accounts` lists the story accounts first, then the ordinary ones; `codec` makes and reads
+    `accounts` lists the story accounts first, then the ordinary ones, then the labelled
+    population (`population.POPULATION`, when built with it); `codec` makes and reads
     the object IDs. Generated objects are cached per account and shared: treat them as read-only.
     """
 
@@ -137,10 +139,15 @@ def _ordinary_names(seed: int, count: int, taken: set[str]) -> list[tuple[str, s
 
 
 def build_world(
-    *, seed: int = 7, now: datetime | None = None, ordinary_accounts: int = 300
+    *,
+    seed: int = 7,
+    now: datetime | None = None,
+    ordinary_accounts: int = 300,
+    population: bool = True,
 ) -> SandboxWorld:
     """Build the sandbox index: the story accounts first, then `ordinary_accounts` more, spread
-    over the billing providers (about 40% Stripe, 35% Orb, 25% Metronome)."""
+    over the billing providers (about 40% Stripe, 35% Orb, 25% Metronome), then (with
+    `population`) the labelled population the anomaly detectors are measured on."""
     if now is None:
         now = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     elif now.tzinfo is None:
@@ -157,6 +164,7 @@ def build_world(
         story: str | None,
         *,
         also_metronome: bool = False,
+        plant: str | None = None,
     ) -> None:
         number = len(accounts)
         accounts.append(
@@ -173,6 +181,7 @@ def build_world(
                     else None
                 ),
                 story=story,
+                plant=plant,
                 number=number,
             )
         )
@@ -193,4 +202,7 @@ def build_world(
             "stripe" if draw < 0.40 else "orb" if draw < 0.75 else "metronome"
         )
         add(account_id, name, email, billing, None)
+    if population:  # after everything else, so the other accounts keep their numbers and IDs
+        for plant in POPULATION:
+            add(plant.account_id, plant.name, plant.email, plant.billing, None, plant=plant.key)
     return SandboxWorld(seed=seed, now=now, accounts=accounts)
