@@ -34,7 +34,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
@@ -307,6 +307,31 @@ class StripeBillingProvider:
             return [self._customer(c) for c in found if not c.get("deleted")]
         except (KeyError, TypeError, ValueError, InvalidOperation) as exc:
             raise ProviderBadResponse("stripe", "Stripe sent a customer we could not read") from exc
+
+    async def customer_pages(
+        self, *, page_size: int = PAGE_LIMIT
+    ) -> AsyncIterator[list[CustomerRecord]]:
+        """Every customer, newest first, a page at a time (`GET /v1/customers` with
+        `starting_after`); deleted customers are skipped."""
+        cursor: str | None = None
+        limit = str(max(1, min(page_size, PAGE_LIMIT)))
+        while True:
+            query = [("limit", limit)]
+            if cursor:
+                query.append(("starting_after", cursor))
+            page = await self._get("v1/customers", query)
+            data = _list_data(page)
+            try:
+                records = [self._customer(c) for c in data if not c.get("deleted")]
+            except (KeyError, TypeError, ValueError, InvalidOperation) as exc:
+                raise ProviderBadResponse(
+                    "stripe", "Stripe sent a customer we could not read"
+                ) from exc
+            if records:
+                yield records
+            if not page.get("has_more") or not data:
+                return
+            cursor = str(data[-1]["id"])
 
     async def _customer_by_id(self, customer_id: str) -> list[JSON]:
         try:

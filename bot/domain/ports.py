@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import AsyncIterator
+from typing import Any, Protocol, runtime_checkable
 
 from bot.domain.identifiers import IdentifierKind
 from bot.domain.models import CustomerRecord, ProviderName, ProviderSnapshot
@@ -26,6 +27,20 @@ class BillingProvider(Protocol):
 
     async def aclose(self) -> None:
         """Release connections."""
+        ...
+
+
+@runtime_checkable
+class CustomerLister(Protocol):
+    """A provider that can list every customer, a page at a time (the anomaly scan's input).
+
+    Separate from `BillingProvider` so fakes that only look accounts up need not implement it."""
+
+    name: ProviderName
+
+    def customer_pages(self, *, page_size: int = 100) -> AsyncIterator[list[CustomerRecord]]:
+        """Every customer, `page_size` at a time, streaming (one page in memory). Raises
+        `ProviderError` on provider faults."""
         ...
 
 
