@@ -333,6 +333,20 @@ class StripeBillingProvider:
                 return
             cursor = str(data[-1]["id"])
 
+    async def customer_of_payment(self, payment_id: str) -> CustomerRecord | None:
+        """The customer of charge `payment_id` (`GET /v1/charges/{id}`); None when unknown."""
+        if not payment_id.startswith(("ch_", "py_")):
+            return None
+        try:
+            charge = await self._get(f"v1/charges/{quote(payment_id, safe='')}")
+        except ProviderNotFound:
+            return None
+        customer_id = _id_of(charge.get("customer"))
+        if not customer_id:
+            return None
+        found = await self._customer_by_id(customer_id)
+        return self._customer(found[0]) if found and not found[0].get("deleted") else None
+
     async def _customer_by_id(self, customer_id: str) -> list[JSON]:
         try:
             return [await self._get(f"v1/customers/{quote(customer_id, safe='')}")]

@@ -65,7 +65,7 @@ def anomaly_to_payload(a: Anomaly) -> dict[str, Any]:
                 p.anomalous,
             ]
             for p in a.series
-        ],  # fmt: skip
+        ],
         "fingerprint": a.fingerprint,
         "magnitude": str(a.magnitude),
         "resurfaced": a.resurfaced,

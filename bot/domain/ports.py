@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Protocol, runtime_checkable
 
+from bot.domain.anomalies import Anomaly
 from bot.domain.identifiers import IdentifierKind
 from bot.domain.models import CustomerRecord, ProviderName, ProviderSnapshot
 from bot.domain.records import DigestRenderer, MessageRenderer
@@ -41,6 +42,27 @@ class CustomerLister(Protocol):
     def customer_pages(self, *, page_size: int = 100) -> AsyncIterator[list[CustomerRecord]]:
         """Every customer, `page_size` at a time, streaming (one page in memory). Raises
         `ProviderError` on provider faults."""
+        ...
+
+
+@runtime_checkable
+class PaymentOwners(Protocol):
+    """A provider that can say whose payment a charge is (a Stripe dispute names only its
+    charge)."""
+
+    name: ProviderName
+
+    async def customer_of_payment(self, payment_id: str) -> CustomerRecord | None:
+        """The customer who made payment `payment_id`; None when unknown."""
+        ...
+
+
+class ChartRenderer(Protocol):
+    """Draws an anomaly's series (usage days or invoices) as a PNG: the expected band, the
+    actual values, the anomaly marked."""
+
+    def render(self, anomaly: Anomaly) -> bytes | None:
+        """PNG bytes, or None when the anomaly has no series to draw."""
         ...
 
 

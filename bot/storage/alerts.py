@@ -558,7 +558,7 @@ class SqlWebhooks:
                 payload=dict(payload),
                 received_at=now,
                 attempts=0,
-            )  # fmt: skip
+            )
             .on_conflict_do_nothing(index_elements=["source", "event_id"])
         )
         return rowcount(await self._session.execute(statement)) == 1

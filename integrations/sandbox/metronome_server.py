@@ -316,10 +316,7 @@ class MetronomeSandboxServer:
         wanted_ids = _split_ids(request.q_all("customer_ids"))
         only_archived = _flag(request.q("only_archived"))
         limit = _limit(request.q("limit"), default=DEFAULT_LIMIT, maximum=MAX_LIMIT)
-        if alias is not None:
-            ids = self._alias_candidates(alias)
-        else:
-            ids = sorted(self._customer_ids())
+        ids = self._alias_candidates(alias) if alias is not None else sorted(self._customer_ids())
         if wanted_ids:
             ids = [i for i in ids if i in wanted_ids]
         # Walk the sorted IDs from the cursor, building only the customers a page needs.
