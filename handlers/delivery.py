@@ -270,6 +270,7 @@ class Delivery:
             text=rendered.text,
             blocks=_blocks(rendered) or None,
             thread_ts=thread_ts,
+            reply_broadcast=True if rendered.broadcast and thread_ts else None,
         )
         ts = str(response.get("ts") or "")
         posted_channel = str(response.get("channel") or channel)

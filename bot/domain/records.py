@@ -96,6 +96,8 @@ class RenderedMessage:
     text: str
     blocks: Sequence[Mapping[str, Any]] = ()
     files: Sequence[tuple[str, str, bytes]] = ()
+    #: A reply in a thread that is also sent to the channel (Slack's `reply_broadcast`).
+    broadcast: bool = False
 
 
 #: Builds a message from an entry's payload at delivery time (may raise `SkipMessage`).
