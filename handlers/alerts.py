@@ -247,8 +247,9 @@ def register(app: AsyncApp, deps: Deps) -> None:
                 )
         await respond(text=text, response_type="ephemeral", replace_original=False)
 
-    for action_id, feedback in ACTIONS.items():
-
+    def button_listener(feedback: FeedbackAction) -> Any:
+        # Bolt passes listeners only the arguments it knows by name, so the action a button
+        # stands for is bound here, not as a default argument.
         async def handle_alert_button(
             ack: AsyncAck,
             body: dict[str, Any],
@@ -256,7 +257,6 @@ def register(app: AsyncApp, deps: Deps) -> None:
             respond: AsyncRespond,
             context: dict[str, Any],
             client: AsyncWebClient,
-            feedback: FeedbackAction = feedback,
         ) -> None:
             await ack()
             alert_id = _int(action.get("value"))
@@ -270,7 +270,10 @@ def register(app: AsyncApp, deps: Deps) -> None:
 
             after_ack(deps, work, body=body, context=context, client=client, respond=respond)
 
-        app.action(action_id)(handle_alert_button)
+        return handle_alert_button
+
+    for action_id, feedback in ACTIONS.items():
+        app.action(action_id)(button_listener(feedback))
 
     @app.action(alert_views.MENU_ACTION)
     async def handle_alert_menu_action(

@@ -551,8 +551,14 @@ class StripeSandboxServer:
     `api_key`: the one key accepted (any well-formed `sk_`/`rk_` key when None).
     """
 
-    def __init__(self, world: StripeWorldLike, *, api_key: str | None = None) -> None:
+    def __init__(
+        self, world: StripeWorldLike, *, api_key: str | None = None, max_loaded: int | None = None
+    ) -> None:
         self._api_key = api_key
+        #: Accounts indexed at most (benchmarks over 10,000 accounts); the oldest loaded is
+        #: forgotten first. None (the default) keeps everything, as writes must persist.
+        self._max_loaded = max_loaded
+        self._owned: dict[str, list[tuple[dict[str, Any], Any]]] = {}
         self._request_seq = 0
         self._idempotency: dict[str, _Stored] = {}
         self.customers: dict[str, JSON] = {}
@@ -587,8 +593,31 @@ class StripeSandboxServer:
             return
         self._loaded.add(account_id)
         data = self._world.stripe(account_id)
-        if data is not None:
+        if data is None:
+            return
+        if self._max_loaded is None:
             self._load(data)
+            return
+        before = {name: set(d) for name, d in self._stores().items()}
+        self._load(data)
+        self._owned[account_id] = [
+            (d, key) for name, d in self._stores().items() for key in set(d) - before[name]
+        ]
+        while len(self._owned) > self._max_loaded:
+            oldest = next(iter(self._owned))
+            for store, key in self._owned.pop(oldest):
+                store.pop(key, None)
+            self._loaded.discard(oldest)
+            self._all_loaded = False
+
+    def _stores(self) -> dict[str, dict[Any, Any]]:
+        return {
+            "customers": self.customers, "subscriptions": self.subscriptions,
+            "invoices": self.invoices, "lines": self.lines,
+            "invoice_payments": self.invoice_payments, "charges": self.charges,
+            "payment_intents": self.payment_intents, "refunds": self.refunds,
+            "disputes": self.disputes, "summaries": self.summaries,
+        }  # fmt: skip
 
     def _load_all(self) -> None:
         if not self._all_loaded:
