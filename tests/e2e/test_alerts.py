@@ -14,13 +14,13 @@ import pytest_asyncio
 from sqlalchemy import update
 
 from bot.services.scan import ScanService, ScanSummary
+from handlers.alert_views import ACK_ACTION, NOT_ANOMALY_ACTION, SNOOZE_ACTION
+from handlers.alerts import scan_service
 from integrations.sandbox.metronome_server import MetronomeSandboxServer
 from integrations.sandbox.orb_server import OrbSandboxServer
 from integrations.sandbox.slack import LocalSlack
 from integrations.sandbox.stripe_server import StripeSandboxServer
 from integrations.sandbox.world import SandboxWorld, build_world
-from handlers.alert_views import ACK_ACTION, NOT_ANOMALY_ACTION, SNOOZE_ACTION
-from handlers.alerts import scan_service
 from tests.support.app import RunningApp, serve_app
 from tests.support.fakeserver import FakeProviderServer
 from tests.support.providers import FIXED_NOW, KEYS, FakeProviders
