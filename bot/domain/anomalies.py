@@ -299,6 +299,8 @@ class DetectorConfig:
 
     # -- payment_failed
     payment_min_amount: Decimal = Decimal(1)
+    #: A single failure under this is low severity.
+    payment_low_amount: Decimal = Decimal(50)
     payment_high_amount: Decimal = Decimal(1000)
     #: This many failed attempts on one payment make it high severity.
     payment_high_attempts: int = 3
@@ -1300,7 +1302,7 @@ def _failure_anomaly(
     ).replace("Rule: one failed", "Rule: a failed")
     high = amount.amount >= config.payment_high_amount or count >= config.payment_high_attempts
     severity = Severity.HIGH if high else Severity.MEDIUM
-    if amount.amount < config.spike_min_impact and count == 1:
+    if amount.amount < config.payment_low_amount and count == 1:
         severity = Severity.LOW
     drivers = tuple(
         Driver(

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
+from typing import Any
 
 from integrations.sandbox.population import POPULATION
 from integrations.sandbox.specs import spec_for
@@ -29,7 +30,8 @@ __all__ = ["KINDS", "Label", "Quality", "Score", "expected_alerts", "score", "st
 KINDS = ("usage_spike", "invoice_jump", "payment_failed", "dispute_opened", "duplicate_charge")
 Label = tuple[str, date]  # (kind, period)
 
-#: The default floors an invoice jump must clear (`DetectorConfig.jump_min_*`).
+#: The default floors a spike and an invoice jump must clear (`DetectorConfig`).
+_SPIKE_MIN = Decimal(50)
 _JUMP_MIN = Decimal(100)
 _JUMP_PCT = Decimal(25)
 
@@ -62,15 +64,23 @@ def story_alerts(world: SandboxWorld) -> dict[str, set[Label]]:
 
     if world.account("acct_northwind") is not None:
         base = latest("acct_northwind")
-        labels = {("usage_spike", days_ago(base + 3)), ("usage_spike", days_ago(base + 2))}
-        story = next(s for s in stories_of(world) if s.account_id == "acct_northwind")
         orb = world.orb("acct_northwind")
-        assert orb is not None and story.expected_amount is not None
+        assert orb is not None
+        labels: set[Label] = set()
+        for ago, factor in ((base + 3, 7), (base + 2, 5)):
+            # The spike's extra cost must clear the money floor (the API volume is drawn per
+            # seed: at the default seed it does, at some seeds the story is a small account).
+            cost = _orb_cost(orb.costs, days_ago(ago), "API requests")
+            if cost * (factor - 1) / factor >= _SPIKE_MIN:
+                labels.add(("usage_spike", days_ago(ago)))
+        story = next(s for s in stories_of(world) if s.account_id == "acct_northwind")
+        assert story.expected_amount is not None
         previous = Decimal(orb.invoices[1]["total"])
         extra = story.expected_amount
         if extra >= _JUMP_MIN and extra * 100 >= _JUMP_PCT * previous:
             labels.add(("invoice_jump", days_ago(base)))
-        out["acct_northwind"] = labels
+        if labels:
+            out["acct_northwind"] = labels
     if world.account("acct_globex") is not None:
         out["acct_globex"] = {("duplicate_charge", days_ago(latest("acct_globex")))}
     if world.account("acct_contoso") is not None:
@@ -78,6 +88,17 @@ def story_alerts(world: SandboxWorld) -> dict[str, set[Label]]:
     if world.account("acct_fabrikam") is not None:
         out["acct_fabrikam"] = {("dispute_opened", days_ago(2))}
     return out
+
+
+def _orb_cost(costs: list[dict[str, Any]], day: date, metric: str) -> Decimal:
+    """One metric's cost on one day, from Orb's daily cost buckets."""
+    stamp = day.isoformat()
+    for bucket in costs:
+        if str(bucket["timeframe_start"]).startswith(stamp):
+            for item in bucket["per_price_costs"]:
+                if item["price"]["name"] == metric:
+                    return Decimal(str(item["total"]))
+    return Decimal(0)
 
 
 def expected_alerts(
