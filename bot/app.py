@@ -15,10 +15,12 @@ from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetry
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.deps import Deps
-from bot.domain.ports import BillingProvider, LLMClient
+from bot.domain.anomalies import DetectorConfig
+from bot.domain.ports import BillingProvider, ChartRenderer, LLMClient
 from bot.metrics import Metrics
 from bot.services.jobs import Scheduler, replica_id
 from bot.services.lookup import LookupService
+from bot.services.scan import usage_days_needed
 from bot.settings import Settings
 from bot.storage.db import Database
 from bot.storage.migrate import upgrade
@@ -37,12 +39,16 @@ def deps_of(app: AsyncApp) -> Deps:
     return _DEPS[app]
 
 
+#: Days of daily usage every snapshot carries: what the anomaly scan's baseline needs.
+USAGE_DAYS = usage_days_needed(DetectorConfig())
+
+
 def build_providers(settings: Settings) -> tuple[dict[str, BillingProvider], bool]:
     """Real provider clients for the keys that are set, or the sandbox when none is."""
     if settings.use_sandbox:
         from integrations.sandbox.providers import sandbox_providers
 
-        return dict(sandbox_providers()), True
+        return dict(sandbox_providers(usage_days=USAGE_DAYS)), True
     providers: dict[str, BillingProvider] = {}
     # Each provider is paced at its documented request rate unless *_RATE_LIMIT says otherwise.
     if settings.stripe_api_key is not None:
@@ -54,6 +60,7 @@ def build_providers(settings: Settings) -> tuple[dict[str, BillingProvider], boo
             base_url=settings.stripe_api_base,
             account_id_metadata_key=settings.stripe_account_id_metadata_key,
             rate_limit=settings.stripe_rate_limit or stripe.default_rate_limit(key),
+            usage_days=USAGE_DAYS,
         )
     if settings.orb_api_key is not None:
         from integrations import orb
@@ -62,6 +69,7 @@ def build_providers(settings: Settings) -> tuple[dict[str, BillingProvider], boo
             settings.orb_api_key,
             base_url=settings.orb_api_base,
             rate_limit=settings.orb_rate_limit or orb.DEFAULT_RATE_LIMIT,
+            usage_days=USAGE_DAYS,
         )
     if settings.metronome_api_key is not None:
         from integrations import metronome
@@ -71,8 +79,20 @@ def build_providers(settings: Settings) -> tuple[dict[str, BillingProvider], boo
             base_url=settings.metronome_api_base,
             rate_limit=settings.metronome_rate_limit or metronome.DEFAULT_RATE_LIMIT,
             credit_product_id=settings.metronome_credit_product_id,
+            usage_days=USAGE_DAYS,
         )
     return providers, False
+
+
+def build_charts() -> ChartRenderer | None:
+    """The chart renderer (matplotlib, headless); None when matplotlib is missing, so alerts
+    fall back to their sparkline."""
+    try:
+        from integrations.charts import MatplotlibCharts
+    except ImportError:  # pragma: no cover - matplotlib is a dependency; this is a safety net
+        log.warning("matplotlib is not installed: alerts show sparklines without charts")
+        return None
+    return MatplotlibCharts()
 
 
 def build_llm(settings: Settings) -> LLMClient | None:
@@ -95,6 +115,7 @@ def build_app(
     slack_client: AsyncWebClient | None = None,
     process_before_response: bool = True,
     sandbox: bool | None = None,
+    charts: ChartRenderer | None = None,
 ) -> AsyncApp:
     """Build the Bolt app with real adapters unless a test passes fakes."""
     if providers is None:
@@ -126,6 +147,7 @@ def build_app(
         delivery=Delivery(db, slack_client, metrics=metrics, holder=holder),
         scheduler=Scheduler(db, holder=holder),
         metrics=metrics,
+        charts=charts or build_charts(),
         sandbox=is_sandbox,
     )
     metrics.add_sampler(lambda: _provider_samples(providers))

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
@@ -31,17 +31,17 @@ Sample = tuple[str, dict[str, str], float]
 
 
 class _Sampled(Collector):
-    def __init__(self, sample: Callable[[], Iterable[Sample]]) -> None:
+    def __init__(self, sample: Callable[[], Iterable[Sample]], kind: str) -> None:
         self._sample = sample
+        self._family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
 
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        families: dict[str, CounterMetricFamily] = {}
-        rows = list(self._sample())
-        for name, labels, value in rows:
-            base = name.removesuffix("_total")
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
+        for name, labels, value in list(self._sample()):
+            base = name.removesuffix("_total") if self._family is CounterMetricFamily else name
             family = families.get(base)
             if family is None:
-                family = families[base] = CounterMetricFamily(
+                family = families[base] = self._family(
                     base, base.replace("_", " "), labels=sorted(labels)
                 )
             family.add_metric([labels[k] for k in sorted(labels)], value)
@@ -90,9 +90,15 @@ class Metrics:
         """Record one Slack request's time to answer (ack)."""
         self._get(Histogram, "billing_triage_ack_seconds", {}, buckets=ACK_BUCKETS).observe(seconds)
 
-    def add_sampler(self, sample: Callable[[], Iterable[Sample]]) -> None:
-        """Counters read at render time from elsewhere (e.g. the provider HTTP clients)."""
-        self.registry.register(_Sampled(sample))
+    def add_sampler(
+        self,
+        sample: Callable[[], Iterable[Sample]],
+        *,
+        kind: Literal["counter", "gauge"] = "counter",
+    ) -> None:
+        """Values read at render time from elsewhere: counters (e.g. the provider HTTP clients'
+        calls) or gauges (e.g. alert precision from the database)."""
+        self.registry.register(_Sampled(sample, kind))
 
     def render(self) -> str:
         """The Prometheus exposition text (summed over processes in multiprocess mode)."""

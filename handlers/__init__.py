@@ -9,7 +9,7 @@ from __future__ import annotations
 from slack_bolt.async_app import AsyncApp
 
 from bot.deps import Deps
-from handlers import commands, errors, explain, mentions, middleware
+from handlers import alerts, commands, errors, explain, mentions, middleware
 
 
 def register_all(app: AsyncApp, deps: Deps) -> None:
@@ -17,5 +17,6 @@ def register_all(app: AsyncApp, deps: Deps) -> None:
     middleware.register(app, deps)
     commands.register(app, deps)
     explain.register(app, deps)
+    alerts.register(app, deps)
     mentions.register(app, deps)
     errors.register(app, deps)

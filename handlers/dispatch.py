@@ -19,6 +19,7 @@ from bot.domain.commands import (
 )
 from handlers import views
 from handlers.account_views import snapshot_reply
+from handlers.alerts import alerts_reply
 from handlers.explain import draft_reply_for, explain_reply
 
 Progress = Callable[[views.Reply], Awaitable[None]]
@@ -28,7 +29,7 @@ def quick_answer(cmd: Command, deps: Deps) -> views.Reply | None:
     """The reply when it needs no I/O (help, not-yet-built subcommands), else None."""
     if isinstance(cmd, HelpCommand):
         return views.help_reply(deps.settings.billing_command, cmd.topic)
-    if isinstance(cmd, (StatusCommand, ExplainCommand, DraftCommand)):
+    if isinstance(cmd, (StatusCommand, ExplainCommand, DraftCommand, AlertsCommand)):
         return None
     return _coming_soon(cmd)
 
@@ -56,6 +57,8 @@ async def answer(
         return await explain_reply(cmd, deps, command_text=command_text, progress=progress)
     if isinstance(cmd, DraftCommand):
         return await draft_reply_for(cmd, deps, command_text=command_text, progress=progress)
+    if isinstance(cmd, AlertsCommand):
+        return await alerts_reply(cmd, deps)
     return _coming_soon(cmd)
 
 
@@ -76,8 +79,6 @@ def _coming_soon(cmd: Command) -> views.Reply:
         if cmd.reason:
             parts.append("a reason")
         return views.coming_soon_reply("credit", ", ".join(parts))
-    if isinstance(cmd, AlertsCommand):
-        return views.coming_soon_reply("alerts", "no arguments needed")
     if isinstance(cmd, HistoryCommand):
         target = cmd.request_id or (cmd.account.value if cmd.account else "")
         return views.coming_soon_reply("history", target)

@@ -93,6 +93,9 @@ class AlertKind(enum.StrEnum):
     PAYMENT_FAILED = "payment_failed"
     DISPUTE_OPENED = "dispute_opened"
     DUPLICATE_CHARGE = "duplicate_charge"
+    #: A provider's own threshold or credit alert, received by webhook (Orb usage or cost
+    #: exceeded, credit balance dropped or depleted; Metronome alerts; Stripe billing alerts).
+    PROVIDER_ALERT = "provider_alert"
 
 
 class Severity(enum.StrEnum):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Literal
 
 from bot.domain.identifiers import (
     EMAIL_RE,
@@ -90,7 +91,10 @@ class CreditCommand:
 
 @dataclass(frozen=True, slots=True)
 class AlertsCommand:
-    """`/billing alerts`."""
+    """`/billing alerts [open|all|stats]`: open alerts (the default), every alert, or the
+    precision measured from on-call's feedback."""
+
+    scope: Literal["open", "all", "stats"] = "open"
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +124,7 @@ USAGE = {
     "draft": "`/billing draft ACCOUNT [NOTES…]`",
     "refund": "`/billing refund ACCOUNT AMOUNT [PAYMENT_ID] REASON…`",
     "credit": "`/billing credit ACCOUNT AMOUNT REASON…`",
-    "alerts": "`/billing alerts`",
+    "alerts": "`/billing alerts [open|all|stats]`",
     "history": "`/billing history ACCOUNT` or `/billing history REQUEST_ID`",
 }
 
@@ -177,9 +181,10 @@ def parse_command(text: str) -> Command:
         amount = parse_amount_value(rest[1]) if len(rest) > 1 else None
         return CreditCommand(account, amount, _reason(rest[2:]))
     if head == "alerts":
-        if rest:
-            raise _usage("alerts", "`alerts` takes no arguments.")
-        return AlertsCommand()
+        scope = rest[0].lower() if rest else "open"
+        if len(rest) > 1 or scope not in ("open", "all", "stats"):
+            raise _usage("alerts", "`alerts` takes `open`, `all` or `stats`.")
+        return AlertsCommand(scope)  # type: ignore[arg-type]  # checked just above
     if head == "history":
         if len(rest) != 1:
             raise _usage("history", "Give one account or request ID.")

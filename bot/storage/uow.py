@@ -15,6 +15,7 @@ from sqlalchemy import Insert, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.domain.records import AccountLink, AuditEvent
+from bot.storage.alerts import SqlAlerts, SqlScans, SqlWebhooks
 from bot.storage.outbox import SqlLeases, SqlOutbox
 from bot.storage.sql import dialect_insert, rowcount
 from bot.storage.tables import AccountLinkRow, AuditEventRow, ProcessedEvent
@@ -151,6 +152,9 @@ class SqlUnitOfWork:
         self._links: SqlAccountLinks | None = None
         self._outbox: SqlOutbox | None = None
         self._leases: SqlLeases | None = None
+        self._alerts: SqlAlerts | None = None
+        self._scans: SqlScans | None = None
+        self._webhooks: SqlWebhooks | None = None
 
     @property
     def session(self) -> AsyncSession:
@@ -194,6 +198,27 @@ class SqlUnitOfWork:
             self._leases = SqlLeases(self.session)
         return self._leases
 
+    @property
+    def alerts(self) -> SqlAlerts:
+        """Anomaly alerts, feedback and suppressions."""
+        if self._alerts is None:
+            self._alerts = SqlAlerts(self.session)
+        return self._alerts
+
+    @property
+    def scans(self) -> SqlScans:
+        """Scan runs and their work items."""
+        if self._scans is None:
+            self._scans = SqlScans(self.session)
+        return self._scans
+
+    @property
+    def webhooks(self) -> SqlWebhooks:
+        """Received provider webhooks."""
+        if self._webhooks is None:
+            self._webhooks = SqlWebhooks(self.session)
+        return self._webhooks
+
     async def commit(self) -> None:
         """Make everything done in this unit of work durable."""
         await self.session.commit()
@@ -225,3 +250,4 @@ class SqlUnitOfWork:
             self._events = self._audit = self._links = None
             self._outbox = None
             self._leases = None
+            self._alerts = self._scans = self._webhooks = None

@@ -49,7 +49,17 @@ class SandboxWorld:
     the object IDs. Generated objects are cached per account and shared: treat them as read-only.
     """
 
-    def __init__(self, *, seed: int, now: datetime, accounts: list[SandboxAccount]) -> None:
+    def __init__(
+        self,
+        *,
+        seed: int,
+        now: datetime,
+        accounts: list[SandboxAccount],
+        max_cached: int | None = None,
+    ) -> None:
+        #: Bundles kept at most (least recently used dropped; they regenerate identically).
+        #: None keeps every one: the default, since servers hand out shared objects.
+        self.max_cached = max_cached
         self.seed = seed
         self.now = now
         self.accounts = accounts
@@ -65,12 +75,16 @@ class SandboxWorld:
         """All provider objects of one account, generated on first use and cached."""
         cached = self._bundles.get(account_id)
         if cached is not None:
+            if self.max_cached is not None:  # most recently used last
+                self._bundles[account_id] = self._bundles.pop(account_id)
             return cached
         acct = self._by_id.get(account_id)
         if acct is None:
             return None
         built = build_account(self, acct)
         self._bundles[account_id] = built
+        if self.max_cached is not None and len(self._bundles) > self.max_cached:
+            del self._bundles[next(iter(self._bundles))]
         return built
 
     def stripe(self, account_id: str) -> StripeData | None:
@@ -144,6 +158,7 @@ def build_world(
     now: datetime | None = None,
     ordinary_accounts: int = 300,
     population: bool = True,
+    max_cached: int | None = None,
 ) -> SandboxWorld:
     """Build the sandbox index: the story accounts first, then `ordinary_accounts` more, spread
     over the billing providers (about 40% Stripe, 35% Orb, 25% Metronome), then (with
@@ -205,4 +220,4 @@ def build_world(
     if population:  # after everything else, so the other accounts keep their numbers and IDs
         for plant in POPULATION:
             add(plant.account_id, plant.name, plant.email, plant.billing, None, plant=plant.key)
-    return SandboxWorld(seed=seed, now=now, accounts=accounts)
+    return SandboxWorld(seed=seed, now=now, accounts=accounts, max_cached=max_cached)
