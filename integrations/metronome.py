@@ -142,9 +142,9 @@ def _classify(response: httpx.Response) -> type[ProviderError] | None:
     return ProviderIdempotencyConflict if response.status_code == 409 else None
 
 
-#: Metronome publishes no numeric limit (429 "wait and try again later"). 50/s is a
-#: conservative default that the 429 feedback lowers further; METRONOME_RATE_LIMIT overrides.
-DEFAULT_RATE_LIMIT = 50.0
+#: Metronome publishes no numeric limit (429 "wait and try again later"). 100/s, Stripe's
+#: live figure, is the default; 429 feedback lowers it; METRONOME_RATE_LIMIT overrides.
+DEFAULT_RATE_LIMIT = 100.0
 
 
 class MetronomeBillingProvider:

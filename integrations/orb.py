@@ -164,9 +164,9 @@ def _error_text(response: httpx.Response) -> str:
 
 
 #: Orb publishes no fixed production limit (it asks to be told before volume changes by an
-#: order of magnitude; test mode is documented at about 10 requests/s for ingestion). 50/s is a
-#: conservative default that the 429 feedback lowers further; ORB_RATE_LIMIT overrides.
-DEFAULT_RATE_LIMIT = 50.0
+#: order of magnitude; test mode is documented at about 10 requests/s for ingestion). 100/s,
+#: Stripe's live figure, is the default; 429 feedback lowers it; ORB_RATE_LIMIT overrides.
+DEFAULT_RATE_LIMIT = 100.0
 
 
 class OrbBillingProvider:

@@ -43,6 +43,7 @@ from bot.errors import (
     ProviderRateLimited,
     ProviderUnavailable,
 )
+from bot.queueing import measuring, queue_seconds, within
 
 log = logging.getLogger("bot.lookup")
 T = TypeVar("T")
@@ -144,23 +145,39 @@ class LookupService:
         call: Callable[[BillingProvider], Awaitable[T]],
         timeout: float,  # noqa: ASYNC109 - a budget shared by the fan-out, not one call's timeout
     ) -> dict[str, T | BaseException]:
-        """Run `call` on each named provider concurrently, each bounded by `timeout`."""
+        """Run `call` on each named provider concurrently, each bounded by `timeout` of the
+        provider's own time: waiting in our own queue for that provider (rate pacing, connection
+        slots) extends its budget, so a provider is never named as failing because we queued it."""
 
         async def one(name: str) -> T | BaseException:
-            try:
-                async with asyncio.timeout(max(0.01, timeout)):
-                    return await call(self.providers[name])
-            except (ProviderError, TimeoutError) as exc:
-                return exc
+            with measuring() as meter:
+                try:
+                    return await within(
+                        _coro(call(self.providers[name])), max(0.01, timeout), meter=meter
+                    )
+                except (ProviderError, TimeoutError) as exc:
+                    return exc
 
         results = await asyncio.gather(*(one(n) for n in names))
         return dict(zip(names, results, strict=True))
 
     @staticmethod
     def _left(deadline: float) -> float:
-        return deadline - time.monotonic()
+        # Time waited in our own queues (in the enclosing `measuring()` scope) is not spent.
+        return deadline + queue_seconds() - time.monotonic()
 
     async def resolve(
+        self,
+        ident: AccountIdentifier,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> Resolution:
+        """Find the account behind `ident` (see `_resolve`); time spent waiting in our own queues
+        does not count against `timeout`."""
+        with measuring():
+            return await self._resolve(ident, timeout=timeout)
+
+    async def _resolve(
         self,
         ident: AccountIdentifier,
         *,
@@ -236,10 +253,15 @@ class LookupService:
         return resolution
 
     async def snapshot(self, ident: AccountIdentifier) -> BillingSnapshot:
-        """The account's billing state from every enabled provider, within the deadline."""
+        """The account's billing state from every enabled provider, within the deadline (time
+        waited in our own queues not counted)."""
+        with measuring():
+            return await self._snapshot(ident)
+
+    async def _snapshot(self, ident: AccountIdentifier) -> BillingSnapshot:
         started = time.monotonic()
         resolution = await self.resolve(ident)
-        remaining = self.deadline - (time.monotonic() - started)
+        remaining = self.deadline - (time.monotonic() - started - queue_seconds())
         names = list(resolution.customers)
         results = await self._each(
             names, lambda p: p.get_snapshot(resolution.customers[p.name]), remaining
@@ -357,6 +379,10 @@ class LookupService:
                 await uow.commit()
         except Exception:
             log.warning("could not cache account links", exc_info=True)
+
+
+async def _coro(awaitable: Awaitable[T]) -> T:
+    return await awaitable
 
 
 def _pick(records: list[CustomerRecord], account_id: str | None) -> CustomerRecord:

@@ -2,6 +2,7 @@
 so several app processes can share ONE stateful provider (a two-process exactly-once test).
 
     python -m tests.support.provider_process [--ordinary N] [--write-delay S] [--now ISO]
+        [--latency S] [--warm]
 
 prints one JSON line once the servers listen, then serves until SIGTERM or SIGINT:
 
@@ -30,9 +31,21 @@ from integrations.sandbox.world import build_world
 from tests.support.fakeserver import FakeProviderServer
 
 
-async def serve(*, ordinary: int, write_delay: float, now: datetime | None) -> None:
-    """Start the three servers, print where they are, serve until told to stop."""
+async def serve(
+    *,
+    ordinary: int,
+    write_delay: float,
+    now: datetime | None,
+    latency: float = 0.0,
+    warm: bool = False,
+) -> None:
+    """Start the three servers, print where they are, serve until told to stop. `latency` adds
+    that many seconds to every request; `warm` generates every account before serving, so a
+    benchmark does not time the generator."""
     world = build_world(ordinary_accounts=ordinary, now=now)
+    if warm:
+        for account in world.accounts:
+            world.bundle(account.account_id)
     servers = {
         "stripe": FakeProviderServer(
             StripeSandboxServer(world, api_key=SANDBOX_KEYS["stripe"], write_delay=write_delay)
@@ -47,6 +60,7 @@ async def serve(*, ordinary: int, write_delay: float, now: datetime | None) -> N
         ),
     }
     for server in servers.values():
+        server.latency = latency
         await server.start()
     urls = {
         "stripe": servers["stripe"].url,
@@ -87,8 +101,18 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="the world's now (aware ISO 8601); default today's midnight UTC",
     )
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added per request")
+    parser.add_argument("--warm", action="store_true", help="generate every account first")
     args = parser.parse_args(argv)
-    asyncio.run(serve(ordinary=args.ordinary, write_delay=args.write_delay, now=args.now))
+    asyncio.run(
+        serve(
+            ordinary=args.ordinary,
+            write_delay=args.write_delay,
+            now=args.now,
+            latency=args.latency,
+            warm=args.warm,
+        )
+    )
     return 0
 
 

@@ -3,7 +3,7 @@ format, and real provider clients pointed at them."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -58,8 +58,12 @@ class FakeProviders:
         """Servers by provider name."""
         return {"stripe": self.stripe, "orb": self.orb, "metronome": self.metronome}
 
-    def clients(self, policy: RetryPolicy = TEST_POLICY) -> dict[str, BillingProvider]:
-        """Fresh real clients pointed at the servers (the caller closes them)."""
+    def clients(
+        self, policy: RetryPolicy = TEST_POLICY, *, rates: Mapping[str, float] | None = None
+    ) -> dict[str, BillingProvider]:
+        """Fresh real clients pointed at the servers (the caller closes them); `rates` paces
+        them (requests/s per provider), as production does."""
+        rate = dict(rates or {})
         now = self.world.now
 
         def clock() -> datetime:
@@ -67,13 +71,25 @@ class FakeProviders:
 
         return {
             "stripe": StripeBillingProvider(
-                KEYS["stripe"], base_url=self.stripe.url, policy=policy, clock=clock
+                KEYS["stripe"],
+                base_url=self.stripe.url,
+                policy=policy,
+                clock=clock,
+                rate_limit=rate.get("stripe"),
             ),
             "orb": OrbBillingProvider(
-                KEYS["orb"], base_url=self.orb.url + "/v1", policy=policy, clock=clock
+                KEYS["orb"],
+                base_url=self.orb.url + "/v1",
+                policy=policy,
+                clock=clock,
+                rate_limit=rate.get("orb"),
             ),
             "metronome": MetronomeBillingProvider(
-                KEYS["metronome"], base_url=self.metronome.url, policy=policy, clock=clock
+                KEYS["metronome"],
+                base_url=self.metronome.url,
+                policy=policy,
+                clock=clock,
+                rate_limit=rate.get("metronome"),
             ),
         }
 
