@@ -124,3 +124,20 @@ class LLMUnavailable(BotError):
     def __init__(self, reason: str) -> None:
         super().__init__(f"AI wording unavailable ({reason})")
         self.reason = reason
+
+
+class ProviderOutcomeUnknown(ProviderError):
+    """A write whose outcome we did not see: a timeout, a connection reset after the request may
+    have been sent, a 5xx (or a replayed 5xx), or the provider saying the original request with
+    this key is still in flight. Never "failed": retry later with the SAME idempotency key, or
+    look for the effect (`BillingWriter.find_write`)."""
+
+    code = "provider_outcome_unknown"
+
+
+class ProviderIdempotencyConflict(ProviderError):
+    """The idempotency key was used before with a different body (Stripe 400
+    `idempotency_error`, Orb or Metronome 409 on a different payload). A bug: the request changed
+    after approval. Never work around it with a new key."""
+
+    code = "provider_idempotency_conflict"

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from bot.domain.identifiers import IdentifierKind
-from bot.domain.models import CustomerRecord, ProviderName, ProviderSnapshot
+from bot.domain.models import CustomerRecord, ProviderName, ProviderSnapshot, WriteResult
+from bot.domain.money import Money
 from bot.domain.records import DigestRenderer, MessageRenderer
 
 
@@ -71,4 +72,64 @@ class MessageDelivery(Protocol):
 
     async def drain(self, timeout: float = 10.0) -> bool:  # noqa: ASYNC109 - a bounded wait
         """Deliver everything due now; False if `timeout` passed first."""
+
+
+@runtime_checkable
+class BillingWriter(Protocol):
+    """Money-moving writes, called only by the approval flow after approval.
+
+    Every call carries `idempotency_key` (`models.idempotency_key(request_id, action)`:
+    `bt:{request_id}:{action}`, at most 64 characters; anything else is a ValueError) and records
+    `request_id` on the provider object. Outcomes:
+
+    - a `WriteResult` (`replayed=True` when the provider answered from its idempotency cache or
+      the object already existed);
+    - `ProviderOutcomeUnknown`: it may or may not have happened; retry later with the SAME key,
+      or look for it with `find_write`;
+    - `ProviderIdempotencyConflict`: the key was used with a different body (a bug);
+    - `ProviderRequestError` / `ProviderNotFound`: the provider refused; the message is safe to
+      show finance; nothing happened;
+    - `ProviderUnavailable` / `ProviderRateLimited` / `ProviderAuthError`: the provider certainly
+      did nothing (never connected, or refused every attempt before doing anything).
+    """
+
+    name: ProviderName
+
+    async def refund_payment(
+        self,
+        *,
+        customer: CustomerRecord,
+        payment_id: str,
+        amount: Money,
+        request_id: str,
+        idempotency_key: str,
+        reason: str | None = None,
+    ) -> WriteResult:
+        """Refund `amount` of a Stripe charge (`ch_…`) or payment intent (`pi_…`) of `customer`.
+        Only Stripe moves money back; Orb and Metronome raise `ProviderRequestError`."""
+        ...
+
+    async def grant_credit(
+        self,
+        *,
+        customer: CustomerRecord,
+        amount: Money,
+        request_id: str,
+        idempotency_key: str,
+        description: str,
+    ) -> WriteResult:
+        """Credit `amount` to `customer`: a Stripe customer balance credit, an Orb credit ledger
+        increment, or a Metronome customer credit."""
+        ...
+
+    async def find_write(
+        self,
+        *,
+        customer: CustomerRecord,
+        kind: Literal["refund", "credit"],
+        request_id: str,
+        payment_id: str | None = None,
+    ) -> WriteResult | None:
+        """The provider object an earlier attempt made for `request_id`, if any (looks for the
+        effect; used by the reconciler when a key may have expired or the outcome was unknown)."""
         ...
