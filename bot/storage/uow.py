@@ -15,6 +15,7 @@ from sqlalchemy import Insert, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.domain.records import AccountLink, AuditEvent
+from bot.storage.approvals import SqlApprovalRequests
 from bot.storage.outbox import SqlLeases, SqlOutbox
 from bot.storage.sql import dialect_insert, rowcount
 from bot.storage.tables import AccountLinkRow, AuditEventRow, ProcessedEvent
@@ -80,6 +81,32 @@ class SqlAuditLog:
                 slack_request=row.slack_request,
             )
             for row in reversed(rows)
+        ]
+
+    async def since(
+        self, at: datetime | None = None, *, after_id: int = 0, limit: int = 1000
+    ) -> Sequence[AuditEvent]:
+        """Events at or after `at` with an id above `after_id`, oldest first."""
+        query = (
+            select(AuditEventRow)
+            .where(AuditEventRow.id > after_id)
+            .order_by(AuditEventRow.id)
+            .limit(limit)
+        )
+        if at is not None:
+            query = query.where(AuditEventRow.at >= at)
+        rows = (await self._session.scalars(query)).all()
+        return [
+            AuditEvent(
+                id=row.id,
+                at=row.at,
+                actor=row.actor,
+                action=row.action,
+                subject=row.subject,
+                detail=row.detail,
+                slack_request=row.slack_request,
+            )
+            for row in rows
         ]
 
 
@@ -151,6 +178,7 @@ class SqlUnitOfWork:
         self._links: SqlAccountLinks | None = None
         self._outbox: SqlOutbox | None = None
         self._leases: SqlLeases | None = None
+        self._requests: SqlApprovalRequests | None = None
 
     @property
     def session(self) -> AsyncSession:
@@ -194,6 +222,13 @@ class SqlUnitOfWork:
             self._leases = SqlLeases(self.session)
         return self._leases
 
+    @property
+    def requests(self) -> SqlApprovalRequests:
+        """Refund and credit requests and their approvals."""
+        if self._requests is None:
+            self._requests = SqlApprovalRequests(self.session)
+        return self._requests
+
     async def commit(self) -> None:
         """Make everything done in this unit of work durable."""
         await self.session.commit()
@@ -225,3 +260,4 @@ class SqlUnitOfWork:
             self._events = self._audit = self._links = None
             self._outbox = None
             self._leases = None
+            self._requests = None
