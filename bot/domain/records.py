@@ -396,8 +396,11 @@ class ApprovalRequests(Protocol):
         """Extend `holder`'s lease on an `executing` request."""
         ...
 
-    async def release(self, request_id: str, *, holder: str, now: datetime) -> bool:
-        """End `holder`'s lease now, leaving the request `executing` for the reconciler."""
+    async def release(
+        self, request_id: str, *, holder: str, now: datetime, problem: str | None = None
+    ) -> bool:
+        """End `holder`'s lease now, leaving the request `executing` for the reconciler;
+        `problem` says why the outcome is unknown (shown on the message)."""
         ...
 
     async def executed(

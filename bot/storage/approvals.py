@@ -273,12 +273,15 @@ class SqlApprovalRequests:
         )
         return rowcount(result) == 1
 
-    async def release(self, request_id: str, *, holder: str, now: datetime) -> bool:
-        """End `holder`'s lease now; the request stays `executing` for the reconciler."""
+    async def release(
+        self, request_id: str, *, holder: str, now: datetime, problem: str | None = None
+    ) -> bool:
+        """End `holder`'s lease now; the request stays `executing` for the reconciler, with
+        `problem` (why the outcome is unknown) kept to show."""
         return await self._transition(
             request_id,
             [Row.state == RequestState.EXECUTING.value, Row.claimed_by == holder],
-            {"claimed_until": now, "updated_at": now},
+            {"claimed_until": now, "updated_at": now, "failure": (problem or "")[:1000] or None},
         )
 
     async def executed(
