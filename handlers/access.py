@@ -22,7 +22,9 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bot.deps import Deps
+from bot.domain.commands import SUBCOMMANDS
 from bot.domain.records import AuditEvent
+from bot.errors import AccessDenied
 from handlers.approval_views import not_viewer_text
 from handlers.views import section
 
@@ -97,7 +99,9 @@ def slack_request_id(body: dict[str, Any]) -> str | None:
 def _what(body: dict[str, Any], kind: str) -> str:
     """What was asked for, without its arguments (they may name a customer)."""
     if kind == "command":
-        return f"{body.get('command')} {str(body.get('text') or '').split(' ')[0]}".strip()[:100]
+        words = str(body.get("text") or "").split()
+        sub = words[0].lower() if words and words[0].lower() in SUBCOMMANDS else ""
+        return f"{body.get('command')} {sub}".strip()[:100]
     actions = body.get("actions")
     if isinstance(actions, list) and actions and isinstance(actions[0], dict):
         return str(actions[0].get("action_id") or "")[:100]
@@ -154,6 +158,7 @@ def register(app: AsyncApp, deps: Deps) -> None:
             await next()
             return None
         deps.metrics.inc("billing_triage_access_refused_total", request=kind)
+        deps.observer.record(AccessDenied(not_viewer_text()))  # `ask` exits 1
         log.info("request refused: not a viewer", extra={"request": kind})
         await _audit_refusal(deps, user, kind, body)
         text = not_viewer_text()

@@ -153,6 +153,23 @@ async def history_reply_for(cmd: HistoryCommand, deps: Deps) -> views.Reply:
     return history_reply(history, cmd.account.value)
 
 
+async def audit_unparsed(deps: Deps, text: str, caller: Caller, error: BotError) -> None:
+    """Audit a refund or credit command refused by the parser (a bad amount, a malformed
+    payment ID): nothing was stored, but the attempt is on the record."""
+    words = text.split()
+    kind: RequestKind = "credit" if words and words[0].lower() == "credit" else "refund"
+    account = words[1] if len(words) > 1 else "?"
+    if deps.approvals is None or not isinstance(error, UserError):
+        return
+    try:
+        await deps.approvals.record_refusal(
+            kind, account, _actor(caller), error, origin=caller.origin,
+            amount=words[2] if len(words) > 2 else None,
+        )  # fmt: skip
+    except Exception:  # the refusal stands; only its record is missing
+        log.warning("could not audit a refused command", exc_info=True)
+
+
 # --- the request modal ----------------------------------------------------------------------
 
 

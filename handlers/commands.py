@@ -13,6 +13,7 @@ from bot.domain.commands import parse_command
 from bot.errors import BotError, UsageError
 from handlers import views
 from handlers.access import slack_request_id
+from handlers.approvals import audit_unparsed
 from handlers.caller import Caller
 from handlers.dispatch import READ_ONLY, answer, quick_answer
 from handlers.errors import after_ack, note
@@ -41,6 +42,9 @@ def register(app: AsyncApp, deps: Deps) -> None:
             # Argument errors need no I/O: they are the ack's own (ephemeral) reply.
             reply = note(error, deps)
             await ack(text=reply.text, blocks=reply.blocks)
+            if text.split()[:1] and text.split()[0].lower() in ("refund", "credit"):
+                caller = Caller(str(command.get("user_id") or ""), slack_request_id(body))
+                deps.inflight.spawn(audit_unparsed(deps, text, caller, error))
             return
         if immediate is not None:
             await ack(text=immediate.text, blocks=immediate.render_blocks())

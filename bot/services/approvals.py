@@ -336,7 +336,7 @@ class ApprovalService:
     async def record_refusal(
         self,
         kind: RequestKind,
-        account: AccountIdentifier,
+        account: AccountIdentifier | str,
         actor: Actor,
         exc: UserError | ProviderError,
         *,
@@ -344,13 +344,15 @@ class ApprovalService:
         amount: str | None = None,
         payment: str | None = None,
     ) -> None:
-        """Audit a request that was refused before anything was stored."""
+        """Audit a request that was refused before anything was stored (`account` as typed,
+        or what the command said when even that could not be read)."""
         why = str(getattr(exc, "why", None) or exc.code)
         self._count("billing_triage_approval_requests_total", kind=kind, outcome=why)
+        value = account.value if isinstance(account, AccountIdentifier) else account
         await self._audit_alone(
             actor,
             "request.refused",
-            f"account:{account.value}"[:255],
+            f"account:{value}"[:255],
             {
                 "kind": kind,
                 "why": why,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,17 +20,13 @@ pytestmark = pytest.mark.usefixtures("clean_env")
 ALICE, BOB, CAROL = APPROVERS
 
 
-def _db(tmp_path: Path) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path}/approvals.db"
-
-
 async def test_a_refund_is_requested_approved_and_made_once(
-    local_slack: LocalSlack, fake_providers: FakeProviders, tmp_path: Path
+    local_slack: LocalSlack, fake_providers: FakeProviders, database_url: str
 ) -> None:
     """The requester is told the request ID; finance sees the account, amount, payment, reason,
     requester and context with Approve/Deny; one click refunds once at Stripe; the message then
     says who, when and Stripe's refund ID with no buttons, and the requester gets a DM."""
-    async with approvals_app(local_slack, _db(tmp_path), fake_providers) as app:
+    async with approvals_app(local_slack, database_url, fake_providers) as app:
         [latest, *_] = await app.payments("acct_globex")
         request_id = await app.request(f"refund acct_globex 25 {latest.id} duplicate charge")
 
@@ -77,10 +72,10 @@ async def test_a_refund_is_requested_approved_and_made_once(
 
 
 async def test_a_credit_goes_to_the_provider_that_bills_the_account(
-    local_slack: LocalSlack, fake_providers: FakeProviders, tmp_path: Path
+    local_slack: LocalSlack, fake_providers: FakeProviders, database_url: str
 ) -> None:
     """An Orb-billed account's credit becomes one Orb ledger increment carrying the request ID."""
-    async with approvals_app(local_slack, _db(tmp_path), fake_providers) as app:
+    async with approvals_app(local_slack, database_url, fake_providers) as app:
         request_id = await app.request("credit acct_northwind 40 outage on Nov 3")
         request = await app.get(request_id)
         assert request.provider == "orb" and request.kind == "credit"
@@ -96,13 +91,13 @@ async def test_a_credit_goes_to_the_provider_that_bills_the_account(
 
 
 async def test_twenty_concurrent_approvals_make_one_refund(
-    local_slack: LocalSlack, fake_providers: FakeProviders, tmp_path: Path
+    local_slack: LocalSlack, fake_providers: FakeProviders, database_url: str
 ) -> None:
     """Twenty approvers clicking Approve at once: exactly one refund at Stripe, one approval
     counted, nineteen told it was already approved — with the audit rows of all twenty."""
     approvers = [f"U0APPROVER{i:02d}" for i in range(20)]
     async with approvals_app(
-        local_slack, _db(tmp_path), fake_providers, finance_approvers=",".join(approvers)
+        local_slack, database_url, fake_providers, finance_approvers=",".join(approvers)
     ) as app:
         request_id = await app.request("refund acct_globex 30 duplicate charge")
         told = await asyncio.gather(
@@ -124,11 +119,11 @@ async def test_twenty_concurrent_approvals_make_one_refund(
 
 
 async def test_two_partial_refunds_of_one_amount_are_two_refunds(
-    local_slack: LocalSlack, fake_providers: FakeProviders, tmp_path: Path
+    local_slack: LocalSlack, fake_providers: FakeProviders, database_url: str
 ) -> None:
     """The key comes from the request: two requests for the same amount on one payment are two
     refunds; approving the first again makes no third."""
-    async with approvals_app(local_slack, _db(tmp_path), fake_providers) as app:
+    async with approvals_app(local_slack, database_url, fake_providers) as app:
         [payment, *_] = await app.payments("acct_globex")
         first = await app.request(f"refund acct_globex 10 {payment.id} first half")
         second = await app.request(f"refund acct_globex 10 {payment.id} second half")
@@ -142,10 +137,10 @@ async def test_two_partial_refunds_of_one_amount_are_two_refunds(
 
 
 async def test_the_requester_can_never_approve_their_own_request(
-    local_slack: LocalSlack, fake_providers: FakeProviders, tmp_path: Path
+    local_slack: LocalSlack, fake_providers: FakeProviders, database_url: str
 ) -> None:
     """An approver who asked for the refund is refused on their own request; nothing moves."""
-    async with approvals_app(local_slack, _db(tmp_path), fake_providers) as app:
+    async with approvals_app(local_slack, database_url, fake_providers) as app:
         request_id = await app.request("refund acct_globex 12 duplicate charge", user=ALICE)
 
         told = await app.click(APPROVE_ACTION, request_id, user=ALICE)
@@ -164,10 +159,10 @@ async def test_the_requester_can_never_approve_their_own_request(
 
 
 async def test_a_stranger_is_refused_and_the_message_is_untouched(
-    local_slack: LocalSlack, fake_providers: FakeProviders, tmp_path: Path
+    local_slack: LocalSlack, fake_providers: FakeProviders, database_url: str
 ) -> None:
     """Someone not in FINANCE_APPROVERS gets an ephemeral refusal, audited; nothing changes."""
-    async with approvals_app(local_slack, _db(tmp_path), fake_providers) as app:
+    async with approvals_app(local_slack, database_url, fake_providers) as app:
         request_id = await app.request("refund acct_globex 12 duplicate charge")
         before = app.message(request_id).blocks
 
@@ -185,14 +180,14 @@ async def test_a_stranger_is_refused_and_the_message_is_untouched(
 
 
 async def test_group_members_approve_until_removed_and_the_cache_expires(
-    local_slack: LocalSlack, fake_providers: FakeProviders, tmp_path: Path
+    local_slack: LocalSlack, fake_providers: FakeProviders, database_url: str
 ) -> None:
     """FINANCE_APPROVERS may name a user group: its members approve (the list is cached, one
     lookup for many clicks); someone removed from the group can no longer approve once the
     cache (≤ 60 s) has expired; a group Slack can't read fails closed."""
     local_slack.usergroups["S0FINANCE"] = ["U0GROUPED", "U0LEAVER"]
     async with approvals_app(
-        local_slack, _db(tmp_path), fake_providers, finance_approvers="S0FINANCE"
+        local_slack, database_url, fake_providers, finance_approvers="S0FINANCE"
     ) as app:
         access = app.running.deps.access
         now = [1000.0]
@@ -213,8 +208,7 @@ async def test_group_members_approve_until_removed_and_the_cache_expires(
         assert (await app.get(third)).state is RequestState.PENDING
         assert len(local_slack.calls_to("usergroups.users.list")) == 2
 
-        local_slack.fail_next("usergroups.users.list", error="ratelimited", retry_after=None,
-                              times=5)  # fmt: skip
+        local_slack.fail_next("usergroups.users.list", error="missing_scope", times=5)
         now[0] += 61
         told = await app.click(APPROVE_ACTION, third, user="U0GROUPED")
         assert "Only finance approvers" in told[0]["text"]  # fail closed
@@ -227,12 +221,12 @@ async def test_group_members_approve_until_removed_and_the_cache_expires(
     ids=["exactly-at-the-threshold", "a-cent-above"],
 )
 async def test_dual_approval_above_the_threshold(
-    local_slack: LocalSlack, fake_providers: FakeProviders, tmp_path: Path, amount: str,
+    local_slack: LocalSlack, fake_providers: FakeProviders, database_url: str, amount: str,
     needed: int,
 ) -> None:  # fmt: skip
     """At DUAL_APPROVAL_ABOVE one approver is enough; above it two different approvers are
     needed, the same approver twice counts once, and the message shows the first approval."""
-    async with approvals_app(local_slack, _db(tmp_path), fake_providers) as app:
+    async with approvals_app(local_slack, database_url, fake_providers) as app:
         request_id = await app.request(f"refund acct_globex {amount} duplicate charge")
         assert (await app.get(request_id)).required_approvals == needed
 
@@ -258,11 +252,11 @@ async def test_dual_approval_above_the_threshold(
 
 
 async def test_a_currency_threshold_of_its_own_applies_to_that_currency(
-    local_slack: LocalSlack, fake_providers: FakeProviders, tmp_path: Path
+    local_slack: LocalSlack, fake_providers: FakeProviders, database_url: str
 ) -> None:
     """DUAL_APPROVAL_ABOVE_BY_CURRENCY overrides the figure for its currency (USD here)."""
     async with approvals_app(
-        local_slack, _db(tmp_path), fake_providers, dual_approval_above_by_currency="usd=50"
+        local_slack, database_url, fake_providers, dual_approval_above_by_currency="usd=50"
     ) as app:
         low = await app.request("refund acct_globex 50 duplicate charge")
         high = await app.request("refund acct_globex 50.01 duplicate charge")
@@ -271,12 +265,12 @@ async def test_a_currency_threshold_of_its_own_applies_to_that_currency(
 
 
 async def test_deny_asks_why_and_is_final(
-    local_slack: LocalSlack, fake_providers: FakeProviders, tmp_path: Path
+    local_slack: LocalSlack, fake_providers: FakeProviders, database_url: str
 ) -> None:
     """Deny opens a modal asking why; an empty reason is refused in the modal; the reason is
     recorded, the message says who and why with no buttons, the requester is told, and later
     clicks get "denied by @x"."""
-    async with approvals_app(local_slack, _db(tmp_path), fake_providers) as app:
+    async with approvals_app(local_slack, database_url, fake_providers) as app:
         request_id = await app.request("refund acct_globex 15 duplicate charge")
         await app.click(DENY_ACTION, request_id, user=BOB)
         [opened] = local_slack.calls_to("views.open")
@@ -312,10 +306,10 @@ async def test_deny_asks_why_and_is_final(
 
 
 async def test_a_late_deny_after_an_approval_is_refused_in_the_modal(
-    local_slack: LocalSlack, fake_providers: FakeProviders, tmp_path: Path
+    local_slack: LocalSlack, fake_providers: FakeProviders, database_url: str
 ) -> None:
     """The Deny modal is authorised again on submission: approved meanwhile, it says so."""
-    async with approvals_app(local_slack, _db(tmp_path), fake_providers) as app:
+    async with approvals_app(local_slack, database_url, fake_providers) as app:
         request_id = await app.request("refund acct_globex 16 duplicate charge")
         await app.click(DENY_ACTION, request_id, user=BOB)
         [opened] = local_slack.calls_to("views.open")
@@ -332,13 +326,11 @@ async def test_a_late_deny_after_an_approval_is_refused_in_the_modal(
 
 
 async def test_a_pending_request_expires_closed_from_the_periodic_job(
-    local_slack: LocalSlack, fake_providers: FakeProviders, tmp_path: Path
+    local_slack: LocalSlack, fake_providers: FakeProviders, database_url: str
 ) -> None:
     """After REQUEST_TTL_HOURS the job expires it: the message says so with no buttons, the
     requester is told, and an approval click afterwards gets "expired" and moves nothing."""
-    async with approvals_app(
-        local_slack, _db(tmp_path), fake_providers, request_ttl_hours=1
-    ) as app:
+    async with approvals_app(local_slack, database_url, fake_providers, request_ttl_hours=1) as app:
         service = app.running.deps.approvals
         assert service is not None
         # Made two hours ago with a one-hour TTL: its time ran out an hour ago.
@@ -362,10 +354,10 @@ async def test_a_pending_request_expires_closed_from_the_periodic_job(
 
 
 async def test_a_click_after_the_deadline_expires_it_even_before_the_job(
-    local_slack: LocalSlack, fake_providers: FakeProviders, tmp_path: Path
+    local_slack: LocalSlack, fake_providers: FakeProviders, database_url: str
 ) -> None:
     """Fail closed: an Approve click past the expiry time expires the request on the spot."""
-    async with approvals_app(local_slack, _db(tmp_path), fake_providers) as app:
+    async with approvals_app(local_slack, database_url, fake_providers) as app:
         service = app.running.deps.approvals
         assert service is not None
         service.clock = lambda: datetime.now(UTC) - timedelta(hours=49)
@@ -379,10 +371,10 @@ async def test_a_click_after_the_deadline_expires_it_even_before_the_job(
 
 
 async def test_retry_on_a_request_that_did_not_fail_changes_nothing(
-    local_slack: LocalSlack, fake_providers: FakeProviders, tmp_path: Path
+    local_slack: LocalSlack, fake_providers: FakeProviders, database_url: str
 ) -> None:
     """A Retry click on a pending request (a forged button) is refused and audited."""
-    async with approvals_app(local_slack, _db(tmp_path), fake_providers) as app:
+    async with approvals_app(local_slack, database_url, fake_providers) as app:
         request_id = await app.request("refund acct_globex 19 duplicate charge")
         told = await app.click(RETRY_ACTION, request_id, user=ALICE)
         assert "nothing to retry" in told[0]["text"]
@@ -390,10 +382,10 @@ async def test_retry_on_a_request_that_did_not_fail_changes_nothing(
 
 
 async def test_a_click_on_an_unknown_request_is_refused(
-    local_slack: LocalSlack, fake_providers: FakeProviders, tmp_path: Path
+    local_slack: LocalSlack, fake_providers: FakeProviders, database_url: str
 ) -> None:
     """A button value naming no request (or not a request ID at all) changes nothing."""
-    async with approvals_app(local_slack, _db(tmp_path), fake_providers) as app:
+    async with approvals_app(local_slack, database_url, fake_providers) as app:
         request_id = await app.request("refund acct_globex 20 duplicate charge")
         message = app.message(request_id)
         message.text = (message.text or "") + " REQ-AAAAAAAA"
@@ -403,11 +395,11 @@ async def test_a_click_on_an_unknown_request_is_refused(
 
 
 async def test_history_shows_requests_decisions_and_the_trail(
-    local_slack: LocalSlack, fake_providers: FakeProviders, tmp_path: Path
+    local_slack: LocalSlack, fake_providers: FakeProviders, database_url: str
 ) -> None:
     """`/billing history ACCOUNT` lists the account's requests; `history REQUEST_ID` adds the
     audit trail; the status view shows the requests still pending."""
-    async with approvals_app(local_slack, _db(tmp_path), fake_providers) as app:
+    async with approvals_app(local_slack, database_url, fake_providers) as app:
         done = await app.request("refund acct_globex 21 duplicate charge")
         waiting = await app.request("credit acct_globex 9 goodwill")
         await app.click(APPROVE_ACTION, done, user=ALICE)
@@ -426,13 +418,13 @@ async def test_history_shows_requests_decisions_and_the_trail(
 
 
 async def test_share_in_channel_only_reruns_lookups(
-    local_slack: LocalSlack, fake_providers: FakeProviders, tmp_path: Path
+    local_slack: LocalSlack, fake_providers: FakeProviders, database_url: str
 ) -> None:
     """A Share button carrying a refund command (forged) is refused; nothing is requested."""
     from handlers.views import SHARE_ACTION, command_value
     from tests.support.slack import block_actions_body, signed_headers
 
-    async with approvals_app(local_slack, _db(tmp_path), fake_providers) as app:
+    async with approvals_app(local_slack, database_url, fake_providers) as app:
         body = block_actions_body(
             SHARE_ACTION,
             command_value("refund acct_globex 25 duplicate charge"),

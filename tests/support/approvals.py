@@ -5,7 +5,7 @@ message, and reads of what the provider itself holds (refunds counted through it
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +15,7 @@ import httpx
 from bot.domain.approvals import ApprovalRequest, RequestState
 from bot.domain.identifiers import IdentifierKind
 from bot.domain.models import Payment, PaymentStatus
+from bot.domain.ports import BillingProvider
 from bot.domain.records import AuditEvent
 from integrations.http import RetryPolicy
 from integrations.sandbox.slack import LocalSlack, SlackMessage
@@ -37,6 +38,12 @@ FAST_POLICY = RetryPolicy(
     max_retry_after=0.05,
     deadline=1.5,
 )
+
+
+def sqlite_url(folder: Any) -> str:
+    """A fresh SQLite database in `folder` (for tests whose rule never reaches the requests
+    table, so one database is enough)."""
+    return f"sqlite+aiosqlite:///{folder}/approvals.db"
 
 
 @dataclass
@@ -202,21 +209,21 @@ async def approvals_app(
     providers: FakeProviders,
     *,
     policy: RetryPolicy = FAST_POLICY,
+    clients: Mapping[str, BillingProvider] | None = None,
     **overrides: Any,
 ) -> AsyncIterator[ApprovalsApp]:
     """The app with FINANCE_CHANNEL and three approvers (override any setting), talking to the
-    loopback sandbox providers, with the outbox delivering without pacing."""
+    loopback sandbox providers (or `clients`), with the outbox delivering without pacing."""
     settings: dict[str, Any] = {
         "finance_channel": FINANCE,
         "finance_approvers": ",".join(APPROVERS),
     }
     settings.update(overrides)
-    async with serve_app(
-        slack, database_url, providers=providers.clients(policy), **settings
-    ) as running:
+    chosen = clients if clients is not None else providers.clients(policy)
+    async with serve_app(slack, database_url, providers=chosen, **settings) as running:
         # One post per second per channel is Slack's pace; tests need not wait for it.
         running.deps.delivery._pace = 0.0  # type: ignore[union-attr]
         yield ApprovalsApp(running, providers)
 
 
-__all__ = ["ApprovalsApp", "approvals_app", "stripe_payments", "wait_until"]
+__all__ = ["ApprovalsApp", "approvals_app", "sqlite_url", "stripe_payments", "wait_until"]
