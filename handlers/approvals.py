@@ -251,6 +251,22 @@ def form_errors(kind: str, values: Mapping[str, Any]) -> dict[str, str]:
     return errors
 
 
+def draft_from_form(
+    kind: RequestKind, account: AccountIdentifier, values: Mapping[str, Any], *, origin: str
+) -> RequestDraft:
+    """The request a form asks for (`form_errors` found nothing wrong with it); the service
+    checks the rest against the provider."""
+    payment = (_state_value(values, PAYMENT_BLOCK) or "").strip() or None
+    return RequestDraft(
+        kind=kind,
+        account=account,
+        amount=parse_amount_input(_state_value(values, AMOUNT_BLOCK) or ""),
+        reason=_state_value(values, REASON_BLOCK),
+        payment_id=payment if kind == "refund" else None,
+        origin=origin,
+    )
+
+
 def _form_again(view: Mapping[str, Any], values: Mapping[str, Any], error: str) -> dict[str, Any]:
     """The submitted form again, with what was typed kept and `error` on top."""
     blocks: list[dict[str, Any]] = []
@@ -485,15 +501,7 @@ def register(app: AsyncApp, deps: Deps) -> None:
         metadata = str(view.get("private_metadata") or "")
         await ack(response_action="update", view=checking_modal(kind, metadata))
         view_id = str(view.get("id") or "")
-        payment = (_state_value(values, PAYMENT_BLOCK) or "").strip() or None
-        draft = RequestDraft(
-            kind=kind,
-            account=account,
-            amount=parse_amount_input(_state_value(values, AMOUNT_BLOCK) or ""),
-            reason=_state_value(values, REASON_BLOCK),
-            payment_id=payment if kind == "refund" else None,
-            origin=meta.get("o", "modal"),
-        )
+        draft = draft_from_form(kind, account, values, origin=meta.get("o", "modal"))
 
         async def work() -> None:
             try:
