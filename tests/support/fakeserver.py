@@ -68,6 +68,8 @@ class FakeProviderServer:
         self.requests: list[Seen] = []
         self._runner: web.AppRunner | None = None
         self.port = 0
+        #: Set on stop: hung requests end then, so stopping never waits out a hang.
+        self._stopping = asyncio.Event()
 
     @property
     def url(self) -> str:
@@ -116,6 +118,7 @@ class FakeProviderServer:
 
     async def start(self) -> None:
         """Bind to a random loopback port and serve."""
+        self._stopping.clear()
         app = web.Application(client_max_size=10 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._serve)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
@@ -128,6 +131,7 @@ class FakeProviderServer:
 
     async def stop(self) -> None:
         """Stop serving."""
+        self._stopping.set()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -176,11 +180,10 @@ class FakeProviderServer:
                 return faulted
         return web.Response(status=answer.status, body=answer.body, headers=dict(answer.headers))
 
-    @staticmethod
-    async def _apply(fault: Fault, request: web.Request) -> web.StreamResponse | None:
+    async def _apply(self, fault: Fault, request: web.Request) -> web.StreamResponse | None:
         """What `fault` answers instead (None: `slow`, which only delays)."""
         if fault.kind == "hang":
-            await asyncio.sleep(3600)
+            await self._stopping.wait()  # until the server stops: longer than any timeout
         if fault.kind == "drop":
             transport = request.transport
             if transport is not None:

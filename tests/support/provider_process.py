@@ -1,0 +1,96 @@
+"""Serve the sandbox's Stripe, Orb and Metronome over loopback HTTP in a process of their own,
+so several app processes can share ONE stateful provider (a two-process exactly-once test).
+
+    python -m tests.support.provider_process [--ordinary N] [--write-delay S] [--now ISO]
+
+prints one JSON line once the servers listen, then serves until SIGTERM or SIGINT:
+
+    {"stripe": "http://127.0.0.1:P1", "orb": "http://127.0.0.1:P2/v1",
+     "metronome": "http://127.0.0.1:P3", "keys": {...}, "metronome_credit_product_id": "…",
+     "env": {"STRIPE_API_KEY": …, "STRIPE_API_BASE": …, "ORB_API_KEY": …, …}}
+
+Point each app process at it with the variables under `env` (real-provider mode, not the
+in-process sandbox, whose servers would be private to each process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from datetime import datetime
+
+from integrations.sandbox.metronome_server import SANDBOX_CREDIT_PRODUCT_ID, MetronomeSandboxServer
+from integrations.sandbox.orb_server import OrbSandboxServer
+from integrations.sandbox.providers import SANDBOX_KEYS
+from integrations.sandbox.stripe_server import StripeSandboxServer
+from integrations.sandbox.world import build_world
+from tests.support.fakeserver import FakeProviderServer
+
+
+async def serve(*, ordinary: int, write_delay: float, now: datetime | None) -> None:
+    """Start the three servers, print where they are, serve until told to stop."""
+    world = build_world(ordinary_accounts=ordinary, now=now)
+    servers = {
+        "stripe": FakeProviderServer(
+            StripeSandboxServer(world, api_key=SANDBOX_KEYS["stripe"], write_delay=write_delay)
+        ),
+        "orb": FakeProviderServer(
+            OrbSandboxServer(world, api_key=SANDBOX_KEYS["orb"], write_delay=write_delay)
+        ),
+        "metronome": FakeProviderServer(
+            MetronomeSandboxServer(
+                world, api_key=SANDBOX_KEYS["metronome"], write_delay=write_delay
+            )
+        ),
+    }
+    for server in servers.values():
+        await server.start()
+    urls = {
+        "stripe": servers["stripe"].url,
+        "orb": servers["orb"].url + "/v1",
+        "metronome": servers["metronome"].url,
+    }
+    env = {
+        "STRIPE_API_KEY": SANDBOX_KEYS["stripe"], "STRIPE_API_BASE": urls["stripe"],
+        "ORB_API_KEY": SANDBOX_KEYS["orb"], "ORB_API_BASE": urls["orb"],
+        "METRONOME_API_KEY": SANDBOX_KEYS["metronome"], "METRONOME_API_BASE": urls["metronome"],
+    }  # fmt: skip
+    ready = {
+        **urls,
+        "keys": SANDBOX_KEYS,
+        "env": env,
+        "metronome_credit_product_id": SANDBOX_CREDIT_PRODUCT_ID,
+    }
+    print(json.dumps(ready), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for server in servers.values():
+            await server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments and serve."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ordinary", type=int, default=20, help="ordinary accounts (default 20)")
+    parser.add_argument("--write-delay", type=float, default=0.0, help="seconds per write")
+    parser.add_argument(
+        "--now",
+        type=datetime.fromisoformat,
+        default=None,
+        help="the world's now (aware ISO 8601); default today's midnight UTC",
+    )
+    args = parser.parse_args(argv)
+    asyncio.run(serve(ordinary=args.ordinary, write_delay=args.write_delay, now=args.now))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
