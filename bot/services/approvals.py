@@ -866,9 +866,8 @@ class ApprovalService:
         checked = await self._authorised(request_id, actor, "retry")
         if isinstance(checked, ClickResult):
             return checked
-        await self._audit_alone(actor, "click.retry", checked.subject, {"outcome": "accepted"})
-        ran = await self.execute(request_id, source=RequestState.FAILED, actor=actor)
-        if not ran:
+        ran = await self.execute(request_id, source=RequestState.FAILED, actor=actor, click="retry")
+        if not ran:  # someone else's retry got there first
             latest = await self.get(request_id)
             return await self._refused(request_id, actor, "retry", Refusal.NOT_FAILED, latest)
         self._count("billing_triage_approval_clicks_total", action="retry", outcome="accepted")
@@ -877,11 +876,17 @@ class ApprovalService:
     # -- execution ----------------------------------------------------------------------------
 
     async def execute(
-        self, request_id: str, *, source: RequestState, actor: Actor | None = None
+        self,
+        request_id: str,
+        *,
+        source: RequestState,
+        actor: Actor | None = None,
+        click: str | None = None,
     ) -> bool:
         """Claim the request (`source` → `executing`, or take over an abandoned `executing`),
         call the provider outside any transaction, and record what it said. False when someone
-        else holds it or it is not in `source`."""
+        else holds it or it is not in `source`. `click` names the accepted click that asked
+        for it, audited with the claim."""
         now = self.clock()
         until = now + timedelta(seconds=self.lease)
         async with self.store.uow() as uow:
@@ -897,6 +902,10 @@ class ApprovalService:
                 return False
             request = await uow.requests.get(request_id)
             assert request is not None
+            if click is not None:
+                await self._audit(
+                    uow, actor, f"click.{click}", request.subject, {"outcome": "accepted"}, now=now
+                )
             if source is RequestState.EXECUTING:
                 await self._audit(
                     uow,
