@@ -328,7 +328,7 @@ def refusal_text(refusal: Refusal, request: ApprovalRequest | None, request_id: 
             )
         case Refusal.SELF_APPROVAL:
             return f"You can't decide your own request {rid}; someone else in finance has to."
-        case Refusal.ALREADY_APPROVED_BY_YOU:
+        case Refusal.ALREADY_APPROVED_BY_YOU if request.state is RequestState.PENDING:
             return (
                 f"You already approved {rid}. It needs a second approver, someone other than you."
             )
