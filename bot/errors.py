@@ -141,3 +141,21 @@ class ProviderIdempotencyConflict(ProviderError):
     after approval. Never work around it with a new key."""
 
     code = "provider_idempotency_conflict"
+
+
+class RequestRefused(UserError):
+    """A refund or credit request that cannot be made as asked (amount above what is left, a
+    payment of another customer, a missing reason, …). `why` is a stable short code for the
+    audit log; the message says what was wrong and how to fix it. Nothing was stored."""
+
+    code = "request_refused"
+
+    def __init__(self, why: str, message: str) -> None:
+        super().__init__(message)
+        self.why = why
+
+
+class AccessDenied(UserError):
+    """The user is not allowed to do this (VIEWERS, REQUESTERS, FINANCE_APPROVERS)."""
+
+    code = "access_denied"

@@ -1,8 +1,10 @@
 """One path from a parsed command to its reply, shared by the slash command, mentions and the
-"Share in channel" button."""
+"Share in channel" button. `caller` says who asked (refunds and credits need it; a command may
+open a modal through it)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 
 from bot.deps import Deps
@@ -20,22 +22,33 @@ from bot.domain.commands import (
 from handlers import views
 from handlers.account_views import snapshot_reply
 from handlers.alerts import alerts_reply
+from handlers.approval_views import open_requests_blocks
+from handlers.approvals import history_reply_for, request_reply
+from handlers.caller import Caller
 from handlers.explain import draft_reply_for, explain_reply
 
 Progress = Callable[[views.Reply], Awaitable[None]]
+log = logging.getLogger("handlers.dispatch")
 
 
 def quick_answer(cmd: Command, deps: Deps) -> views.Reply | None:
-    """The reply when it needs no I/O (help, not-yet-built subcommands), else None."""
+    """The reply when it needs no I/O (help), else None."""
     if isinstance(cmd, HelpCommand):
         return views.help_reply(deps.settings.billing_command, cmd.topic)
-    if isinstance(cmd, (StatusCommand, ExplainCommand, DraftCommand, AlertsCommand)):
-        return None
-    return _coming_soon(cmd)
+    return None
+
+
+#: Commands that only read, and so may be re-run and posted by "Share in channel".
+READ_ONLY = (HelpCommand, StatusCommand, ExplainCommand, HistoryCommand, AlertsCommand)
 
 
 async def answer(
-    cmd: Command, deps: Deps, *, command_text: str, progress: Progress | None = None
+    cmd: Command,
+    deps: Deps,
+    *,
+    command_text: str,
+    progress: Progress | None = None,
+    caller: Caller | None = None,
 ) -> views.Reply:
     """Run `cmd` and build its reply. Raises `BotError`s for the error handler to render."""
     name = deps.settings.billing_command
@@ -47,9 +60,17 @@ async def answer(
             await progress(views.progress_reply(f"Looking up `{cmd.account.value}` in {where}…"))
         snapshot = await deps.lookup.snapshot(cmd.account)
         reply = snapshot_reply(snapshot, sandbox=deps.sandbox)
+        blocks = list(reply.blocks)
+        if deps.approvals is not None:
+            try:
+                pending = open_requests_blocks(await deps.approvals.open_for(snapshot))
+            except Exception:  # the billing state stands without its requests
+                log.warning("could not read the account's requests", exc_info=True)
+                pending = []
+            blocks = blocks[: views.MAX_BLOCKS - 1 - len(pending)] + pending
         return views.Reply(
             text=reply.text,
-            blocks=reply.blocks,
+            blocks=blocks,
             shareable=True,
             share_value=views.command_value(command_text),
         )
@@ -59,27 +80,14 @@ async def answer(
         return await draft_reply_for(cmd, deps, command_text=command_text, progress=progress)
     if isinstance(cmd, AlertsCommand):
         return await alerts_reply(cmd, deps)
-    return _coming_soon(cmd)
-
-
-def _coming_soon(cmd: Command) -> views.Reply:
-    if isinstance(cmd, RefundCommand):
-        parts = [f"account {cmd.account.value}"]
-        if cmd.amount is not None:
-            parts.append(f"amount {cmd.amount}")
-        if cmd.payment_id:
-            parts.append(f"payment {cmd.payment_id}")
-        if cmd.reason:
-            parts.append("a reason")
-        return views.coming_soon_reply("refund", ", ".join(parts))
-    if isinstance(cmd, CreditCommand):
-        parts = [f"account {cmd.account.value}"]
-        if cmd.amount is not None:
-            parts.append(f"amount {cmd.amount}")
-        if cmd.reason:
-            parts.append("a reason")
-        return views.coming_soon_reply("credit", ", ".join(parts))
+    if isinstance(cmd, (RefundCommand, CreditCommand)):
+        return await request_reply(cmd, deps, caller=caller, progress=progress)
     if isinstance(cmd, HistoryCommand):
-        target = cmd.request_id or (cmd.account.value if cmd.account else "")
-        return views.coming_soon_reply("history", target)
+        reply = await history_reply_for(cmd, deps)
+        return views.Reply(
+            text=reply.text,
+            blocks=reply.blocks,
+            shareable=True,
+            share_value=views.command_value(command_text),
+        )
     raise AssertionError(f"unhandled command {cmd!r}")

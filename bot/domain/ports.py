@@ -7,7 +7,13 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from bot.domain.anomalies import Anomaly
 from bot.domain.identifiers import IdentifierKind
-from bot.domain.models import CustomerRecord, ProviderName, ProviderSnapshot, WriteResult
+from bot.domain.models import (
+    CustomerRecord,
+    Payment,
+    ProviderName,
+    ProviderSnapshot,
+    WriteResult,
+)
 from bot.domain.money import Money
 from bot.domain.records import DigestRenderer, MessageRenderer
 
@@ -170,4 +176,29 @@ class BillingWriter(Protocol):
     ) -> WriteResult | None:
         """The provider object an earlier attempt made for `request_id`, if any (looks for the
         effect; used by the reconciler when a key may have expired or the outcome was unknown)."""
+        ...
+
+
+@runtime_checkable
+class PaymentReader(Protocol):
+    """What the approval flow reads about one payment before a refund is requested (Stripe)."""
+
+    name: ProviderName
+
+    async def get_payment(self, payment_id: str) -> Payment:
+        """The charge `ch_…` or payment intent `pi_…` with what was refunded so far; raises
+        `ProviderNotFound` for an unknown ID."""
+        ...
+
+    async def payment_for_invoice(self, invoice_id: str) -> str | None:
+        """The payment (`ch_…`/`pi_…`) that paid `invoice_id`, None when nothing paid it;
+        raises `ProviderNotFound` for an unknown invoice."""
+        ...
+
+
+class GroupDirectory(Protocol):
+    """Who is in a user group (Slack `S…` groups; the Slack edge implements it)."""
+
+    async def members(self, group_id: str) -> frozenset[str]:
+        """The user IDs in `group_id`; raises on any failure (callers fail closed)."""
         ...

@@ -261,6 +261,14 @@ class LookupService:
     async def _snapshot(self, ident: AccountIdentifier) -> BillingSnapshot:
         started = time.monotonic()
         resolution = await self.resolve(ident)
+        return await self.snapshot_for(resolution, started=started)
+
+    async def snapshot_for(
+        self, resolution: Resolution, *, started: float | None = None
+    ) -> BillingSnapshot:
+        """The billing state of an account already resolved (`resolve`), within the deadline
+        counted from `started` (a `time.monotonic()` reading; now when None)."""
+        started = time.monotonic() if started is None else started
         remaining = self.deadline - (time.monotonic() - started - queue_seconds())
         names = list(resolution.customers)
         results = await self._each(

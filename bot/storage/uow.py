@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.domain.records import AccountLink, AuditEvent
 from bot.storage.alerts import SqlAlerts, SqlScans, SqlWebhooks
+from bot.storage.approvals import SqlApprovalRequests
 from bot.storage.outbox import SqlLeases, SqlOutbox
 from bot.storage.sql import dialect_insert, rowcount
 from bot.storage.tables import AccountLinkRow, AuditEventRow, ProcessedEvent
@@ -81,6 +82,32 @@ class SqlAuditLog:
                 slack_request=row.slack_request,
             )
             for row in reversed(rows)
+        ]
+
+    async def since(
+        self, at: datetime | None = None, *, after_id: int = 0, limit: int = 1000
+    ) -> Sequence[AuditEvent]:
+        """Events at or after `at` with an id above `after_id`, oldest first."""
+        query = (
+            select(AuditEventRow)
+            .where(AuditEventRow.id > after_id)
+            .order_by(AuditEventRow.id)
+            .limit(limit)
+        )
+        if at is not None:
+            query = query.where(AuditEventRow.at >= at)
+        rows = (await self._session.scalars(query)).all()
+        return [
+            AuditEvent(
+                id=row.id,
+                at=row.at,
+                actor=row.actor,
+                action=row.action,
+                subject=row.subject,
+                detail=row.detail,
+                slack_request=row.slack_request,
+            )
+            for row in rows
         ]
 
 
@@ -155,6 +182,7 @@ class SqlUnitOfWork:
         self._alerts: SqlAlerts | None = None
         self._scans: SqlScans | None = None
         self._webhooks: SqlWebhooks | None = None
+        self._requests: SqlApprovalRequests | None = None
 
     @property
     def session(self) -> AsyncSession:
@@ -219,6 +247,13 @@ class SqlUnitOfWork:
             self._webhooks = SqlWebhooks(self.session)
         return self._webhooks
 
+    @property
+    def requests(self) -> SqlApprovalRequests:
+        """Refund and credit requests and their approvals."""
+        if self._requests is None:
+            self._requests = SqlApprovalRequests(self.session)
+        return self._requests
+
     async def commit(self) -> None:
         """Make everything done in this unit of work durable."""
         await self.session.commit()
@@ -251,3 +286,4 @@ class SqlUnitOfWork:
             self._outbox = None
             self._leases = None
             self._alerts = self._scans = self._webhooks = None
+            self._requests = None

@@ -133,3 +133,63 @@ async def test_stopping_the_server_lets_running_work_finish(
         # Leaving the block stops the server while the lookup is still sleeping.
     answers = [c.args for c in local_slack.responses_to("cmd")]
     assert answers and "acct_drain" in str(answers[-1])
+
+
+def _audited_db(tmp_path: Path) -> str:
+    """A database holding three audit events on three days (the 1st, 2nd and 3rd of Dec)."""
+    from datetime import UTC, datetime
+
+    from bot.domain.records import AuditEvent
+    from bot.storage.db import Database
+    from bot.storage.migrate import upgrade
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/audit.db"
+
+    async def fill() -> None:
+        await upgrade(url)
+        db = Database(url)
+        try:
+            async with db.uow() as uow:
+                for day, action in ((1, "request.created"), (2, "click.approve"),
+                                    (3, "provider.result")):  # fmt: skip
+                    await uow.audit.append(AuditEvent(
+                        None, datetime(2026, 12, day, 9, tzinfo=UTC), "U0FIN", action,
+                        "request:REQ-AAAAAAAA", {"note": "a, \"quoted\" value"}, f"tr.{day}",
+                    ))  # fmt: skip
+                await uow.commit()
+        finally:
+            await db.dispose()
+
+    asyncio.run(fill())
+    return url
+
+
+def test_audit_exports_the_trail_as_text_csv_and_json(tmp_path: Path) -> None:
+    """`billing-triage audit [--since DATE] [--csv|--json]` prints the append-only trail for
+    auditors, oldest first, from a date on; CSV has a header, JSON one object per line."""
+    import csv
+    import io
+    import json
+
+    url = _audited_db(tmp_path)
+    text = _run("audit", cwd=tmp_path, DATABASE_URL=url)
+    assert text.returncode == 0, text.stderr
+    assert [line.split("  ")[2] for line in text.stdout.splitlines()] == [
+        "request.created", "click.approve", "provider.result"
+    ]  # fmt: skip
+    since = _run("audit", "--since", "2026-12-02", "--csv", cwd=tmp_path, DATABASE_URL=url)
+    rows = list(csv.DictReader(io.StringIO(since.stdout)))
+    assert [r["action"] for r in rows] == ["click.approve", "provider.result"]
+    assert rows[0]["slack_request"] == "tr.2" and json.loads(rows[0]["detail"])["note"]
+    as_json = _run("audit", "--json", "--since", "2026-12-03T00:00", cwd=tmp_path,
+                   DATABASE_URL=url)  # fmt: skip
+    [event] = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert event["action"] == "provider.result" and event["at"].startswith("2026-12-03T09:00")
+    assert "Traceback" not in text.stderr + since.stderr + as_json.stderr
+
+
+def test_audit_refuses_a_date_it_cannot_read(tmp_path: Path) -> None:
+    """A bad `--since` is a usage error (exit 2) naming the format, not a traceback."""
+    result = _run("audit", "--since", "yesterday", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "not a date like 2026-12-01" in result.stderr and "Traceback" not in result.stderr
