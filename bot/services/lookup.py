@@ -163,7 +163,9 @@ class LookupService:
         account_ids = {r.account_id for recs in found.values() for r in recs if r.account_id}
         per_provider_multi = any(len(recs) > 1 for recs in found.values())
         if len(account_ids) > 1 or (not account_ids and per_provider_multi):
-            raise AmbiguousAccount(_ambiguous_message(ident, found))
+            raise AmbiguousAccount(
+                _ambiguous_message(ident, found), candidates=_candidates(found)
+            )
         account_id = next(iter(account_ids)) if account_ids else None
         customers = {name: _pick(recs, account_id) for name, recs in found.items()}
         missing = [n for n in self.providers if n not in customers and n not in failures]
@@ -189,7 +191,15 @@ class LookupService:
         """The account's billing state from every enabled provider, within the deadline."""
         started = time.monotonic()
         resolution = await self.resolve(ident)
-        remaining = self.deadline - (time.monotonic() - started)
+        return await self.snapshot_of(resolution, started=started)
+
+    async def snapshot_of(
+        self, resolution: Resolution, *, started: float | None = None
+    ) -> BillingSnapshot:
+        """The billing state of an account already resolved (no second resolution), within the
+        deadline counted from `started` (a `time.monotonic()` value; default now)."""
+        began = time.monotonic() if started is None else started
+        remaining = self.deadline - (time.monotonic() - began)
         names = list(resolution.customers)
         results = await self._each(
             names, lambda p: p.get_snapshot(resolution.customers[p.name]), remaining
@@ -286,6 +296,11 @@ class LookupService:
 def _pick(records: list[CustomerRecord], account_id: str | None) -> CustomerRecord:
     matching = [r for r in records if r.account_id == account_id] or records
     return matching[0]
+
+
+def _candidates(found: Mapping[str, list[CustomerRecord]]) -> tuple[str, ...]:
+    labels = [r.account_id or r.customer_id for recs in found.values() for r in recs]
+    return tuple(dict.fromkeys(labels))
 
 
 def _not_found_message(ident: AccountIdentifier, failures: Mapping[str, str]) -> str:
