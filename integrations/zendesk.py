@@ -36,8 +36,8 @@ from bot.errors import (
     ProviderRateLimited,
     ProviderRequestError,
     ProviderUnavailable,
-    TicketNotFound,
     TicketNoteUnknown,
+    TicketNotFound,
 )
 from integrations.http import ProviderHttp, RetryPolicy
 
@@ -130,7 +130,9 @@ class ZendeskTicketSource:
             error_parser=zendesk_error_message,
         )
         own = host_of(self.base_url)
-        self.hosts: tuple[str, ...] = tuple(dict.fromkeys([*(h.lower() for h in hosts), *([own] if own else [])]))
+        self.hosts: tuple[str, ...] = tuple(
+            dict.fromkeys([*(h.lower() for h in hosts), *([own] if own else [])])
+        )
 
     @property
     def http(self) -> ProviderHttp:
@@ -222,7 +224,7 @@ class ZendeskTicketSource:
                             created_at=_dt(raw.get("created_at")),
                         )
                     )
-            meta = body.get("meta") if isinstance(body.get("meta"), dict) else {}
+            meta: JSON = body["meta"] if isinstance(body.get("meta"), dict) else {}
             after = meta.get("after_cursor") if meta.get("has_more") else None
             if not after:
                 break
@@ -262,9 +264,13 @@ class ZendeskTicketSource:
         """Tickets matching `query` (`type:ticket` is added), newest first, at most `limit`."""
         body = await self._get(
             "search.json",
-            [("query", f"type:ticket {query}".strip()), ("sort_by", "created_at"),
-             ("sort_order", "desc"), ("per_page", str(min(100, max(1, limit))))],
-        )  # fmt: skip
+            [
+                ("query", f"type:ticket {query}".strip()),
+                ("sort_by", "created_at"),
+                ("sort_order", "desc"),
+                ("per_page", str(min(100, max(1, limit)))),
+            ],
+        )
         if not isinstance(body, dict) or not isinstance(body.get("results"), list):
             raise ProviderBadResponse(PROVIDER, "Zendesk: sent malformed search results")
         found = [
@@ -303,10 +309,11 @@ class ZendeskTicketSource:
             raise
         if not isinstance(answer, dict):
             raise TicketNoteUnknown(PROVIDER, "Zendesk: garbled answer to the note")
-        audit = answer.get("audit") if isinstance(answer.get("audit"), dict) else {}
+        audit: JSON = answer["audit"] if isinstance(answer.get("audit"), dict) else {}
         comment_id = None
         for event in audit.get("events") or []:
             if isinstance(event, dict) and event.get("type") == "Comment":
                 comment_id = _int(event.get("id"))
-        return NoteWritten(ticket_id=ticket_id, comment_id=comment_id, audit_id=_int(audit.get("id")))
-
+        return NoteWritten(
+            ticket_id=ticket_id, comment_id=comment_id, audit_id=_int(audit.get("id"))
+        )

@@ -29,6 +29,10 @@ def _empty() -> Raw:
     return {}
 
 
+def _no_fields() -> Mapping[int, Any]:
+    return {}
+
+
 @dataclass(frozen=True, slots=True)
 class TicketUser:
     """A Zendesk user (the requester, usually an end user)."""
@@ -73,7 +77,7 @@ class Ticket:
     status: str
     requester_id: int | None
     organization_id: int | None
-    custom_fields: Mapping[int, Any] = field(default_factory=_empty)
+    custom_fields: Mapping[int, Any] = field(default_factory=_no_fields)
     tags: tuple[str, ...] = ()
     created_at: datetime | None = None
     updated_at: datetime | None = None
@@ -139,7 +143,9 @@ def parse_ticket_ref(text: str, *, hosts: Sequence[str]) -> int:
             "only its ticket links are accepted."
         )
     if parts.username or parts.password or parts.port not in (None, 443, 80):
-        raise InvalidIdentifier("That ticket link has credentials or a port in it; paste the link as Zendesk shows it.")
+        raise InvalidIdentifier(
+            "That ticket link has credentials or a port in it; paste the link as Zendesk shows it."
+        )
     path = _AGENT_PATH_RE.match(parts.path) or _API_PATH_RE.match(parts.path)
     if path is None:
         raise InvalidIdentifier(

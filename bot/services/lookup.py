@@ -163,9 +163,7 @@ class LookupService:
         account_ids = {r.account_id for recs in found.values() for r in recs if r.account_id}
         per_provider_multi = any(len(recs) > 1 for recs in found.values())
         if len(account_ids) > 1 or (not account_ids and per_provider_multi):
-            raise AmbiguousAccount(
-                _ambiguous_message(ident, found), candidates=_candidates(found)
-            )
+            raise AmbiguousAccount(_ambiguous_message(ident, found), candidates=_candidates(found))
         account_id = next(iter(account_ids)) if account_ids else None
         customers = {name: _pick(recs, account_id) for name, recs in found.items()}
         missing = [n for n in self.providers if n not in customers and n not in failures]

@@ -15,6 +15,7 @@ from sqlalchemy import Insert, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.domain.records import AccountLink, AuditEvent
+from bot.storage.cases import SqlCases, SqlTicketNotes
 from bot.storage.outbox import SqlLeases, SqlOutbox
 from bot.storage.sql import dialect_insert, rowcount
 from bot.storage.tables import AccountLinkRow, AuditEventRow, ProcessedEvent
@@ -151,6 +152,8 @@ class SqlUnitOfWork:
         self._links: SqlAccountLinks | None = None
         self._outbox: SqlOutbox | None = None
         self._leases: SqlLeases | None = None
+        self._cases: SqlCases | None = None
+        self._ticket_notes: SqlTicketNotes | None = None
 
     @property
     def session(self) -> AsyncSession:
@@ -194,6 +197,20 @@ class SqlUnitOfWork:
             self._leases = SqlLeases(self.session)
         return self._leases
 
+    @property
+    def cases(self) -> SqlCases:
+        """The case log (DESIGN §11)."""
+        if self._cases is None:
+            self._cases = SqlCases(self.session)
+        return self._cases
+
+    @property
+    def ticket_notes(self) -> SqlTicketNotes:
+        """Internal notes drafted for tickets and their posting state."""
+        if self._ticket_notes is None:
+            self._ticket_notes = SqlTicketNotes(self.session)
+        return self._ticket_notes
+
     async def commit(self) -> None:
         """Make everything done in this unit of work durable."""
         await self.session.commit()
@@ -225,3 +242,5 @@ class SqlUnitOfWork:
             self._events = self._audit = self._links = None
             self._outbox = None
             self._leases = None
+            self._cases = None
+            self._ticket_notes = None

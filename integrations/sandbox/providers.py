@@ -77,7 +77,10 @@ def sandbox_tickets(world: SandboxWorld | None = None) -> ZendeskTicketSource:
     """The real Zendesk client talking to the sandbox's Zendesk (tickets of the world's stories)."""
     world = world or build_world()
     server = ZendeskSandboxServer(
-        world, email=SANDBOX_ZENDESK_EMAIL, token=SANDBOX_ZENDESK_TOKEN, base_url=SANDBOX_ZENDESK_BASE
+        world,
+        email=SANDBOX_ZENDESK_EMAIL,
+        token=SANDBOX_ZENDESK_TOKEN,
+        base_url=SANDBOX_ZENDESK_BASE,
     )
     return ZendeskTicketSource(
         base_url=SANDBOX_ZENDESK_BASE,

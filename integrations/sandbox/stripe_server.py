@@ -1151,8 +1151,10 @@ class StripeSandboxServer:
 
         def matches(invoice: JSON, clause: SearchClause) -> bool:
             value = str(invoice.get(clause.field) or "")
-            hit = value.lower() == clause.value.lower() if clause.field != "customer" else (
-                value == clause.value
+            hit = (
+                value.lower() == clause.value.lower()
+                if clause.field != "customer"
+                else (value == clause.value)
             )
             return hit != clause.negate
 
