@@ -36,8 +36,9 @@ def causes_of(explanation: Explanation | None, *, top: int = TOP_CAUSES) -> list
     return out
 
 
-def daily_key(kind: str, source: str, account_id: str | None, subject: str | None,
-              at: datetime) -> str:  # fmt: skip
+def daily_key(
+    kind: str, source: str, account_id: str | None, subject: str | None, at: datetime
+) -> str:
     """One case per kind, source, account and subject per UTC day: looking the same thing up
     again that day (or a Slack retry) is not a new case."""
     return f"{kind}:{source}:{account_id or '-'}:{subject or '-'}:{at.astimezone(UTC).date()}"[:255]

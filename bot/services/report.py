@@ -167,14 +167,30 @@ class Report:
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(
-            ["section", "cause", "currency", "cases", "accounts", "amount", "previous_cases",
-             "account"]
-        )  # fmt: skip
+            [
+                "section",
+                "cause",
+                "currency",
+                "cases",
+                "accounts",
+                "amount",
+                "previous_cases",
+                "account",
+            ]
+        )
         for c in self.causes:
             writer.writerow(
-                ["cause", c.cause, c.currency, c.cases, c.accounts, _decimal(c.money),
-                 c.previous_cases, ""]
-            )  # fmt: skip
+                [
+                    "cause",
+                    c.cause,
+                    c.currency,
+                    c.cases,
+                    c.accounts,
+                    _decimal(c.money),
+                    c.previous_cases,
+                    "",
+                ]
+            )
         for r in self.recurring:
             writer.writerow(["recurring", r.cause, "", r.cases, 1, "", "", r.account_id])
         return out.getvalue()
@@ -222,18 +238,22 @@ async def build_report(store: Store, *, days: int, now: datetime | None = None) 
                 accounts=c.accounts,
                 amount=c.amount,
                 previous_cases=previous[(c.cause, c.currency)].cases
-                if (c.cause, c.currency) in previous else 0,
+                if (c.cause, c.currency) in previous
+                else 0,
                 previous_accounts=previous[(c.cause, c.currency)].accounts
-                if (c.cause, c.currency) in previous else 0,
+                if (c.cause, c.currency) in previous
+                else 0,
             )
             for c in current
-        ]  # fmt: skip
+        ]
         lines.sort(key=lambda c: (-c.cases, -c.amount, c.cause, c.currency))
         waves: list[Wave] = []
         for line in lines:
             if line.accounts >= WAVE_MIN_ACCOUNTS and line.accounts >= 2 * line.previous_accounts:
                 examples = await uow.cases.top_accounts(line.cause, since, until)
-                waves.append(Wave(line.cause, line.accounts, line.previous_accounts, tuple(examples)))
+                waves.append(
+                    Wave(line.cause, line.accounts, line.previous_accounts, tuple(examples))
+                )
     currencies = Counter(r.currency for r in requests if r.currency)
     currency = currencies.most_common(1)[0][0] if currencies else "usd"
     approved = [r for r in requests if r.status in APPROVED]
@@ -249,10 +269,13 @@ async def build_report(store: Store, *, days: int, now: datetime | None = None) 
                     approved=sum(1 for r in group if r.status in APPROVED),
                     denied=sum(1 for r in group if r.status in DENIED),
                     amount_approved=sum(
-                        (r.amount or Decimal(0) for r in group
-                         if r.status in APPROVED and r.currency == currency),
+                        (
+                            r.amount or Decimal(0)
+                            for r in group
+                            if r.status in APPROVED and r.currency == currency
+                        ),
                         Decimal(0),
-                    ),  # fmt: skip
+                    ),
                     median_hours=_median_hours(group),
                 )
                 for reason, group in by_reason.items()
@@ -268,13 +291,14 @@ async def build_report(store: Store, *, days: int, now: datetime | None = None) 
                     alerts=a.alerts,
                     judged=a.judged,
                     precision=(Decimal(a.useful) / Decimal(a.judged)).quantize(Decimal("0.01"))
-                    if a.judged else None,
+                    if a.judged
+                    else None,
                 )
                 for a in alert_tallies
             ),
             key=lambda line: (-line.alerts, line.kind),
         )
-    )  # fmt: skip
+    )
     return Report(
         window_days=days,
         since=since,
