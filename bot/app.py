@@ -15,7 +15,7 @@ from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetry
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.deps import Deps
-from bot.domain.ports import BillingProvider, LLMClient
+from bot.domain.ports import BillingProvider, LLMClient, TicketSource
 from bot.metrics import Metrics
 from bot.services.jobs import Scheduler, replica_id
 from bot.services.lookup import LookupService
@@ -37,12 +37,15 @@ def deps_of(app: AsyncApp) -> Deps:
     return _DEPS[app]
 
 
-def build_providers(settings: Settings) -> tuple[dict[str, BillingProvider], bool]:
+def build_providers(
+    settings: Settings, world: object | None = None
+) -> tuple[dict[str, BillingProvider], bool]:
     """Real provider clients for the keys that are set, or the sandbox when none is."""
     if settings.use_sandbox:
         from integrations.sandbox.providers import sandbox_providers
+        from integrations.sandbox.world import SandboxWorld
 
-        return dict(sandbox_providers()), True
+        return dict(sandbox_providers(world if isinstance(world, SandboxWorld) else None)), True
     providers: dict[str, BillingProvider] = {}
     if settings.stripe_api_key is not None:
         from integrations.stripe import StripeBillingProvider
@@ -65,6 +68,37 @@ def build_providers(settings: Settings) -> tuple[dict[str, BillingProvider], boo
     return providers, False
 
 
+def build_tickets(settings: Settings, world: object | None = None) -> TicketSource | None:
+    """The Zendesk client when `ZENDESK_API_TOKEN` is set; the sandbox's Zendesk (tickets of
+    the sandbox stories) when the sandbox answers for the providers; else None."""
+    if settings.zendesk_enabled:
+        from integrations.zendesk import ZendeskTicketSource
+
+        base, token, email = (
+            settings.zendesk_base,
+            settings.zendesk_api_token,
+            settings.zendesk_email,
+        )
+        assert base is not None and token is not None and email is not None  # `require` checks
+        hosts = (f"{settings.zendesk_subdomain}.zendesk.com",) if settings.zendesk_subdomain else ()
+        return ZendeskTicketSource(base_url=base, email=email, token=token, hosts=hosts)
+    if settings.use_sandbox:
+        from integrations.sandbox.providers import sandbox_tickets
+        from integrations.sandbox.world import SandboxWorld
+
+        return sandbox_tickets(world if isinstance(world, SandboxWorld) else None)
+    return None
+
+
+def _sandbox_world(settings: Settings) -> object | None:
+    """One sandbox world shared by the sandbox providers and the sandbox's Zendesk."""
+    if not settings.use_sandbox:
+        return None
+    from integrations.sandbox.world import build_world
+
+    return build_world()
+
+
 def build_llm(settings: Settings) -> LLMClient | None:
     """The LLM client when `OPENAI_API_KEY` is set, else None (deterministic wording)."""
     if settings.openai_api_key is None:
@@ -85,12 +119,17 @@ def build_app(
     slack_client: AsyncWebClient | None = None,
     process_before_response: bool = True,
     sandbox: bool | None = None,
+    tickets: TicketSource | None = None,
 ) -> AsyncApp:
-    """Build the Bolt app with real adapters unless a test passes fakes."""
+    """Build the Bolt app with real adapters unless a test passes fakes (`tickets`: a ticket
+    source; by default Zendesk when configured, the sandbox's with sandbox providers)."""
+    world = _sandbox_world(settings) if providers is None else None
     if providers is None:
-        providers, is_sandbox = build_providers(settings)
+        providers, is_sandbox = build_providers(settings, world)
     else:
         is_sandbox = bool(sandbox)
+    if tickets is None and (settings.zendesk_enabled or is_sandbox):
+        tickets = build_tickets(settings, world)
     if llm is None:
         llm = build_llm(settings)
     db = database or Database(settings.database_url)
@@ -117,6 +156,7 @@ def build_app(
         scheduler=Scheduler(db, holder=holder),
         metrics=metrics,
         sandbox=is_sandbox,
+        tickets=tickets,
     )
     metrics.samplers.append(lambda: _provider_samples(providers))
     _DEPS[app] = deps

@@ -9,7 +9,7 @@ from __future__ import annotations
 from slack_bolt.async_app import AsyncApp
 
 from bot.deps import Deps
-from handlers import commands, errors, explain, mentions, middleware
+from handlers import commands, errors, explain, mentions, middleware, report, zendesk
 
 
 def register_all(app: AsyncApp, deps: Deps) -> None:
@@ -18,4 +18,6 @@ def register_all(app: AsyncApp, deps: Deps) -> None:
     commands.register(app, deps)
     explain.register(app, deps)
     mentions.register(app, deps)
+    zendesk.register(app, deps)
+    report.register(app, deps)
     errors.register(app, deps)

@@ -50,7 +50,9 @@ def register(app: AsyncApp, deps: Deps) -> None:
                 await respond(text=reply.text, blocks=reply.blocks, response_type="ephemeral")
                 context["progress_posted"] = True
 
-            reply = await answer(cmd, deps, command_text=text, progress=progress)
+            reply = await answer(
+                cmd, deps, command_text=text, progress=progress, user=command.get("user_id")
+            )
             await respond(
                 text=reply.text,
                 blocks=reply.render_blocks(),
@@ -74,7 +76,9 @@ def register(app: AsyncApp, deps: Deps) -> None:
         async def work() -> None:
             text = views.command_of(action)
             cmd = parse_command(text)
-            reply = quick_answer(cmd, deps) or await answer(cmd, deps, command_text=text)
+            reply = quick_answer(cmd, deps) or await answer(
+                cmd, deps, command_text=text, source="button"
+            )
             await respond(
                 text=reply.text,
                 blocks=reply.render_blocks(with_share=False),

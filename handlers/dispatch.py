@@ -15,11 +15,16 @@ from bot.domain.commands import (
     HelpCommand,
     HistoryCommand,
     RefundCommand,
+    ReportCommand,
     StatusCommand,
+    TicketCommand,
 )
+from bot.services.cases import record_case
 from handlers import views
 from handlers.account_views import snapshot_reply
 from handlers.explain import draft_reply_for, explain_reply
+from handlers.report import report_reply
+from handlers.zendesk import ticket_reply
 
 Progress = Callable[[views.Reply], Awaitable[None]]
 
@@ -28,15 +33,22 @@ def quick_answer(cmd: Command, deps: Deps) -> views.Reply | None:
     """The reply when it needs no I/O (help, not-yet-built subcommands), else None."""
     if isinstance(cmd, HelpCommand):
         return views.help_reply(deps.settings.billing_command, cmd.topic)
-    if isinstance(cmd, (StatusCommand, ExplainCommand, DraftCommand)):
+    if isinstance(cmd, (StatusCommand, ExplainCommand, DraftCommand, TicketCommand, ReportCommand)):
         return None
     return _coming_soon(cmd)
 
 
 async def answer(
-    cmd: Command, deps: Deps, *, command_text: str, progress: Progress | None = None
+    cmd: Command,
+    deps: Deps,
+    *,
+    command_text: str,
+    progress: Progress | None = None,
+    source: str = "command",
+    user: str | None = None,
 ) -> views.Reply:
-    """Run `cmd` and build its reply. Raises `BotError`s for the error handler to render."""
+    """Run `cmd` and build its reply. Raises `BotError`s for the error handler to render.
+    `source` (`command`, `mention`, `button`) is where it came from, for the case log."""
     name = deps.settings.billing_command
     if isinstance(cmd, HelpCommand):
         return views.help_reply(name, cmd.topic)
@@ -45,6 +57,9 @@ async def answer(
             where = ", ".join(p.capitalize() for p in deps.providers) or "no providers"
             await progress(views.progress_reply(f"Looking up `{cmd.account.value}` in {where}…"))
         snapshot = await deps.lookup.snapshot(cmd.account)
+        await record_case(
+            deps.database, source=source, kind="status", account_id=snapshot.account.account_id
+        )
         reply = snapshot_reply(snapshot, sandbox=deps.sandbox)
         return views.Reply(
             text=reply.text,
@@ -53,9 +68,17 @@ async def answer(
             share_value=views.command_value(command_text),
         )
     if isinstance(cmd, ExplainCommand):
-        return await explain_reply(cmd, deps, command_text=command_text, progress=progress)
+        return await explain_reply(
+            cmd, deps, command_text=command_text, progress=progress, source=source
+        )
     if isinstance(cmd, DraftCommand):
-        return await draft_reply_for(cmd, deps, command_text=command_text, progress=progress)
+        return await draft_reply_for(
+            cmd, deps, command_text=command_text, progress=progress, source=source
+        )
+    if isinstance(cmd, TicketCommand):
+        return await ticket_reply(cmd, deps, source=source, user=user, progress=progress)
+    if isinstance(cmd, ReportCommand):
+        return await report_reply(cmd, deps)
     return _coming_soon(cmd)
 
 

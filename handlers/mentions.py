@@ -8,7 +8,7 @@ from slack_bolt.async_app import AsyncApp, AsyncSay
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.deps import Deps
-from bot.domain.commands import DraftCommand, parse_mention
+from bot.domain.commands import DraftCommand, TicketCommand, parse_mention
 from handlers.dispatch import answer, quick_answer
 from handlers.errors import after_ack
 
@@ -31,10 +31,12 @@ def register(app: AsyncApp, deps: Deps) -> None:
             thread = event.get("thread_ts") or event.get("ts")
             cmd = parse_mention(event.get("text") or "", bot_user_id=context.get("bot_user_id"))
             reply = quick_answer(cmd, deps) or await answer(
-                cmd, deps, command_text=event.get("text") or ""
-            )
-            if isinstance(cmd, DraftCommand):
-                # A draft is for the engineer only, even when asked for in a channel.
+                cmd, deps, command_text=event.get("text") or "", source="mention",
+                user=event.get("user"),
+            )  # fmt: skip
+            if isinstance(cmd, (DraftCommand, TicketCommand)):
+                # A draft (a ticket's too) is for the engineer only, even when asked for in a
+                # channel.
                 await client.chat_postEphemeral(
                     channel=event["channel"],
                     user=event["user"],

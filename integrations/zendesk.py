@@ -114,6 +114,7 @@ class ZendeskTicketSource:
         policy: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         hosts: tuple[str, ...] = (),
+        account_field: str | None = None,
     ) -> None:
         secret = token.get_secret_value() if isinstance(token, SecretStr) else token
         self.base_url = base_url.rstrip("/")
@@ -129,6 +130,7 @@ class ZendeskTicketSource:
             transport=transport,
             error_parser=zendesk_error_message,
         )
+        self.account_field = account_field
         own = host_of(self.base_url)
         self.hosts: tuple[str, ...] = tuple(
             dict.fromkeys([*(h.lower() for h in hosts), *([own] if own else [])])

@@ -88,6 +88,8 @@ class TicketSource(Protocol):
 
     #: Hosts whose ticket links name this instance's tickets (`acme.zendesk.com`).
     hosts: tuple[str, ...]
+    #: The field holding our account ID when `ZENDESK_ACCOUNT_FIELD` is not set (the sandbox's).
+    account_field: str | None
 
     def agent_url(self, ticket_id: int) -> str:
         """The ticket's page in the agent UI."""

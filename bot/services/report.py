@@ -320,3 +320,83 @@ async def build_report(store: Store, *, days: int, now: datetime | None = None) 
         alerts=alerts,
         generated_at=until,
     )
+
+
+def cause_label(cause: str) -> str:
+    """`usage_growth` → `usage growth`."""
+    return cause.replace("_", " ")
+
+
+def _delta(now: int, before: int) -> str:
+    diff = now - before
+    return f"+{diff}" if diff > 0 else str(diff) if diff < 0 else "±0"
+
+
+def table_lines(report: Report, *, limit: int = 20) -> list[str]:
+    """The ranked causes as a fixed-width table (the CLI on a terminal, Slack in a code block)."""
+    rows = [("#", "cause", "cases", "prev", "change", "accounts", "amount")]
+    for rank, c in enumerate(report.causes[:limit], start=1):
+        rows.append(
+            (str(rank), cause_label(c.cause), str(c.cases), str(c.previous_cases),
+             _delta(c.cases, c.previous_cases), str(c.accounts), c.money.format())
+        )  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    right = {0, 2, 3, 4, 5, 6}
+    return [
+        "  ".join(cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+                  for i, cell in enumerate(row)).rstrip()
+        for row in rows
+    ]  # fmt: skip
+
+
+def text_report(report: Report) -> str:
+    """The whole report as terminal text."""
+    out = [
+        f"Recurring-issue report: the last {report.window_days} days "
+        f"({report.since:%Y-%m-%d} to {report.until:%Y-%m-%d})",
+        f"{report.cases} cases ({_delta(report.cases, report.previous_cases)} vs the "
+        f"{report.window_days} days before)",
+        "",
+    ]
+    if report.causes:
+        out.extend(table_lines(report))
+    else:
+        out.append("No causes recorded in this window.")
+    if report.recurring:
+        out += ["", "Recurring (same cause, same account, 2+ times):"]
+        for r in report.recurring[:20]:
+            examples = f" — {', '.join(r.examples)}" if r.examples else ""
+            out.append(f"  {r.account_id}: {cause_label(r.cause)} ×{r.cases}{examples}")
+    if report.waves:
+        out += ["", "Waves (one cause, many accounts at once):"]
+        for w in report.waves:
+            out.append(
+                f"  {cause_label(w.cause)}: {w.accounts} accounts (previous window "
+                f"{w.previous_accounts}), e.g. {', '.join(w.examples)}"
+            )
+    out += ["", requests_line(report)]
+    for reason in report.reasons[:10]:
+        median = f", median {reason.median_hours} h" if reason.median_hours is not None else ""
+        out.append(
+            f"  {reason.reason}: {reason.requested} requested, {reason.approved} approved, "
+            f"{reason.denied} denied, {Money(reason.amount_approved, report.currency).format()}"
+            f" approved{median}"
+        )
+    if report.alerts:
+        out += ["", "Alerts by kind:"]
+        for a in report.alerts:
+            precision = f"precision {a.precision:.2f}" if a.precision is not None else "no feedback"
+            out.append(f"  {cause_label(a.kind)}: {a.alerts} ({precision}, {a.judged} judged)")
+    return "\n".join(out)
+
+
+def requests_line(report: Report) -> str:
+    """Refunds and credits in one line."""
+    median = (
+        f", median {report.median_hours} h to decision" if report.median_hours is not None else ""
+    )
+    return (
+        f"Refunds and credits: {report.requested} requested, {report.approved} approved, "
+        f"{report.denied} denied, {Money(report.amount_approved, report.currency).format()} "
+        f"approved{median}"
+    )

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -74,6 +75,13 @@ CUSTOMER_QUOTE = "customer message"
 DRAFT_NOTES = (
     "Reply to the customer's latest message, quoted as [customer message]: answer their own "
     "question with the billing facts."
+)
+# The customer reports a double charge (not "our bill almost doubled"): the draft then leads
+# with what the payments show.
+_CHARGED_TWICE_RE = re.compile(
+    r"\b(charged (?:us |me )?twice|billed (?:us |me )?twice|paid twice|double[- ]charged"
+    r"|double (?:charge|payment)|duplicate (?:charge|payment)s?|two charges|charged again)\b",
+    re.IGNORECASE,
 )
 #: A `posting` claim older than this belongs to a replica that died mid-post.
 STALE_CLAIM = timedelta(seconds=60)
@@ -192,9 +200,12 @@ class _Resolver:
         return found, ambiguous, errors
 
     def cancel(self) -> None:
+        """Stop lookups whose answer is no longer needed (and collect the finished ones)."""
         for task in self._tasks.values():
             if not task.done():
                 task.cancel()
+            elif not task.cancelled():
+                task.exception()  # retrieved: an unneeded "not found" is not an error
 
 
 def _label_of(ident: AccountIdentifier) -> str:
@@ -392,7 +403,12 @@ async def _explain(
         quoted = {CUSTOMER_QUOTE: customer, **facts.quoted}
         draft_facts = dataclasses.replace(facts, quoted=MappingProxyType(quoted))
     summary = explain_text(explanation, facts)
-    reply = draft_text(snapshot, explanation, notes=customer)
+    reported = (
+        "The customer says they were charged twice."
+        if customer and _CHARGED_TWICE_RE.search(customer)
+        else None
+    )
+    reply = draft_text(snapshot, explanation, notes=reported)
     explain_wording, draft_wording = await asyncio.gather(
         word(kind="explain", facts=facts, deterministic=summary, llm=llm, deadline=deadline),
         word(

@@ -17,6 +17,7 @@ from integrations.sandbox.stripe_server import StripeSandboxServer
 from integrations.sandbox.wire import RouterTransport
 from integrations.sandbox.world import SandboxWorld, build_world
 from integrations.sandbox.zendesk_server import (
+    SANDBOX_ACCOUNT_FIELD,
     SANDBOX_ZENDESK_BASE,
     SANDBOX_ZENDESK_EMAIL,
     SANDBOX_ZENDESK_TOKEN,
@@ -88,4 +89,5 @@ def sandbox_tickets(world: SandboxWorld | None = None) -> ZendeskTicketSource:
         token=SANDBOX_ZENDESK_TOKEN,
         policy=SANDBOX_POLICY,
         transport=RouterTransport(server),
+        account_field=str(SANDBOX_ACCOUNT_FIELD),
     )
