@@ -40,7 +40,7 @@ def report_view(report: Report, *, title: str | None = None) -> views.Reply:
     ]
     if report.causes:
         table = "\n".join(table_lines(report, limit=SLACK_ROWS))
-        blocks.append(views.section(f"*Root causes, ranked*\n```{table}```"))
+        blocks.append(views.section(f"*Root causes, ranked*\n```\n{table}\n```"))
         by_money = max(report.causes, key=lambda c: c.amount)
         blocks.append(
             views.context(
