@@ -16,8 +16,8 @@ from bot.errors import (
     ProviderRateLimited,
     ProviderRequestError,
     ProviderUnavailable,
-    TicketNotFound,
     TicketNoteUnknown,
+    TicketNotFound,
 )
 from integrations.http import RetryPolicy
 from tests.support.fakeserver import Fault

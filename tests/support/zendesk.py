@@ -16,7 +16,7 @@ from tests.support.fakeserver import FakeProviderServer
 from tests.support.providers import TEST_POLICY, small_world
 
 ZENDESK_EMAIL = "agent@acme.example"
-ZENDESK_TOKEN = "zd-test-token-0123456789"  # noqa: S105 - a test credential
+ZENDESK_TOKEN = "zd-test-token-0123456789"
 ACCOUNT_FIELD = str(SANDBOX_ACCOUNT_FIELD)
 
 
