@@ -69,8 +69,9 @@ async def record_case(
 
     - `source`: `command` | `mention` | `ticket` | `alert` | `button`; `kind`: `status` |
       `explain` | `draft` | `ticket` | `refund` | `credit` | `alert`.
-    - `findings`: (finding kind, signed amount) pairs — `causes_of(explanation)`; for an alert,
-      `[(alert kind, impact)]`.
+    - `findings`: (finding kind, signed amount) pairs — `causes_of(explanation)`: root causes are
+      finding kinds (`FindingKind`), never alert kinds; an alert passes its explanation's
+      findings if it has one, and its kind as `alert_kind`.
     - refunds and credits: `request_id`, `request_kind`, `request_reason` (≤ 200 characters),
       `request_status` (`requested`, later `approved`/`denied`/`expired` through
       `record_request_outcome`), `request_amount`; alerts: `alert_id`, `alert_kind`, and later
