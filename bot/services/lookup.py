@@ -139,8 +139,10 @@ class LookupService:
         failures: dict[str, str] = {}
         found: dict[str, list[CustomerRecord]] = {}
         errors: list[BaseException] = []
+        asked: set[tuple[str, IdentifierKind, str]] = set()
         for kind in ident.kinds:
             names = [n for n in self.providers if n not in failures]
+            asked.update((n, kind, ident.value) for n in names)
 
             def find(
                 p: BillingProvider, k: IdentifierKind = kind
@@ -166,7 +168,14 @@ class LookupService:
             raise AmbiguousAccount(_ambiguous_message(ident, found), candidates=_candidates(found))
         account_id = next(iter(account_ids)) if account_ids else None
         customers = {name: _pick(recs, account_id) for name, recs in found.items()}
-        missing = [n for n in self.providers if n not in customers and n not in failures]
+        # Providers that already answered "none" for this very account ID are not asked again.
+        missing = [
+            n
+            for n in self.providers
+            if n not in customers
+            and n not in failures
+            and (n, IdentifierKind.ACCOUNT_ID, account_id or "") not in asked
+        ]
         if account_id and missing:
             remaining = budget - (time.monotonic() - started)
             results = await self._each(
