@@ -1,7 +1,7 @@
 """The recurring-issue report over 100,000 stored cases (issue 12): under 1 s on SQLite and on
-PostgreSQL. Cases are spread over 180 days (`--spread`) and 2,000 accounts, most with one to three causes,
-some refunds, credits and alerts; the report of 7, 30 and 90 days is timed (best and worst of a
-few runs, each a fresh unit of work).
+PostgreSQL. Cases are spread over 180 days (`--spread`) and 2,000 accounts, most with one to
+three causes, some refunds, credits and alerts; the report of 7, 30 and 90 days is timed (best
+and worst of a few runs, each a fresh unit of work).
 
     python bench/report.py [--cases 100000] [--spread 180] [--postgres-url postgresql+asyncpg://…]
 
@@ -35,9 +35,19 @@ ALERTS = ["usage_spike", "invoice_jump", "payment_failed", "dispute_opened", "du
 BATCH = 5_000
 #: Every column a case row may leave empty (a multi-row INSERT needs the same keys in each row).
 EMPTY_CASE: dict[str, object] = dict.fromkeys(
-    ("request_id", "request_kind", "request_reason", "request_status", "request_amount_minor",
-     "request_currency", "decided_at", "alert_id", "alert_kind", "alert_feedback")
-)  # fmt: skip
+    (
+        "request_id",
+        "request_kind",
+        "request_reason",
+        "request_status",
+        "request_amount_minor",
+        "request_currency",
+        "decided_at",
+        "alert_id",
+        "alert_kind",
+        "alert_feedback",
+    )
+)
 
 
 def rows(
@@ -53,38 +63,61 @@ def rows(
         account = f"acct_{rnd.randrange(2000):05d}"
         roll = rnd.random()
         kind = (
-            "alert" if roll < 0.08 else "refund" if roll < 0.12 else "credit" if roll < 0.14
+            "alert"
+            if roll < 0.08
+            else "refund"
+            if roll < 0.12
+            else "credit"
+            if roll < 0.14
             else rnd.choice(["status", "explain", "draft", "ticket", "ticket", "explain"])
-        )  # fmt: skip
+        )
         invoice = f"in_{account}_{rnd.randrange(6)}"
         case: dict[str, object] = {
             **EMPTY_CASE,
-            "id": n, "created_at": at, "source": "ticket" if kind == "ticket" else "command",
-            "kind": kind, "account_id": account, "ticket_id": str(n) if kind == "ticket" else None,
-            "invoice_id": invoice, "dedupe_key": f"bench:{n}",
-        }  # fmt: skip
+            "id": n,
+            "created_at": at,
+            "source": "ticket" if kind == "ticket" else "command",
+            "kind": kind,
+            "account_id": account,
+            "ticket_id": str(n) if kind == "ticket" else None,
+            "invoice_id": invoice,
+            "dedupe_key": f"bench:{n}",
+        }
         if kind in ("refund", "credit"):
             status = rnd.choice(["requested", "approved", "approved", "denied", "expired"])
             case.update(
-                request_id=f"REQ-{n}", request_kind=kind,
-                request_reason=rnd.choice(["duplicate charge", "goodwill", "outage", "billing error"]),
-                request_status=status, request_amount_minor=rnd.randrange(500, 50_000),
+                request_id=f"REQ-{n}",
+                request_kind=kind,
+                request_reason=rnd.choice(
+                    ["duplicate charge", "goodwill", "outage", "billing error"]
+                ),
+                request_status=status,
+                request_amount_minor=rnd.randrange(500, 50_000),
                 request_currency="usd",
-                decided_at=at + timedelta(hours=rnd.uniform(0.2, 30)) if status != "requested" else None,
-            )  # fmt: skip
+                decided_at=at + timedelta(hours=rnd.uniform(0.2, 30))
+                if status != "requested"
+                else None,
+            )
         if kind == "alert":
             case.update(
-                alert_id=f"AL-{n}", alert_kind=rnd.choice(ALERTS),
+                alert_id=f"AL-{n}",
+                alert_kind=rnd.choice(ALERTS),
                 alert_feedback=rnd.choice([None, "acknowledged", "acknowledged", "not_an_anomaly"]),
-            )  # fmt: skip
+            )
         cases.append(case)
         if kind in ("explain", "draft", "ticket"):
             for cause in set(rnd.choices(CAUSES, weights=weights, k=rnd.randint(1, 3))):
-                causes.append({
-                    "case_id": n, "cause": cause, "currency": "usd",
-                    "amount_minor": rnd.randrange(100, 500_000), "account_id": account,
-                    "subject": invoice if kind != "ticket" else f"ticket:{n}", "created_at": at,
-                })  # fmt: skip
+                causes.append(
+                    {
+                        "case_id": n,
+                        "cause": cause,
+                        "currency": "usd",
+                        "amount_minor": rnd.randrange(100, 500_000),
+                        "account_id": account,
+                        "subject": invoice if kind != "ticket" else f"ticket:{n}",
+                        "created_at": at,
+                    }
+                )
     return cases, causes
 
 
@@ -139,7 +172,6 @@ async def main(count: int, postgres_url: str | None, spread: int) -> None:
     if postgres_url:
         await measure("PostgreSQL", postgres_url, count, spread)
         return
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tests.support.postgres import PostgresServer, TemporaryCluster
 
     reason = TemporaryCluster.why_not()

@@ -68,10 +68,12 @@ async def main(runs: int, zendesk_latency: float, provider_latency: float) -> No
         with tempfile.TemporaryDirectory() as tmp:
             build = functools.partial(build_app, tickets=zendesk.client(policy=RetryPolicy()))
             async with serve_app(
-                slack, f"sqlite+aiosqlite:///{tmp}/bench.db",
-                providers=fakes.clients(RetryPolicy()), build=build,
+                slack,
+                f"sqlite+aiosqlite:///{tmp}/bench.db",
+                providers=fakes.clients(RetryPolicy()),
+                build=build,
                 zendesk_account_field=ACCOUNT_FIELD,
-            ) as running:  # fmt: skip
+            ) as running:
                 n = 0
                 for _ in range(runs):
                     for ticket in TICKETS:
@@ -83,7 +85,8 @@ async def main(runs: int, zendesk_latency: float, provider_latency: float) -> No
                         per_ticket.setdefault(ticket, []).append(seconds)
                         if n <= len(TICKETS):
                             print(
-                                f"  ticket {ticket}: {seconds * 1000:6.0f} ms ({calls} Zendesk calls)"
+                                f"  ticket {ticket}: {seconds * 1000:6.0f} ms "
+                                f"({calls} Zendesk calls)"
                             )
                 await running.settle()
     finally:
@@ -92,10 +95,11 @@ async def main(runs: int, zendesk_latency: float, provider_latency: float) -> No
         for server in fakes.servers().values():
             await server.stop()
     times.sort()
-    p95 = times[max(0, int(round(0.95 * len(times))) - 1)]
+    p95 = times[max(0, round(0.95 * len(times)) - 1)]
     print(
         f"/billing ticket, {len(times)} answers ({zendesk_latency * 1000:.0f} ms per Zendesk call, "
-        f"{provider_latency * 1000:.0f} ms per provider call): p50 {statistics.median(times) * 1000:.0f} ms, "
+        f"{provider_latency * 1000:.0f} ms per provider call): "
+        f"p50 {statistics.median(times) * 1000:.0f} ms, "
         f"p95 {p95 * 1000:.0f} ms, max {times[-1] * 1000:.0f} ms (budget p95 < 2000 ms)"
     )
 

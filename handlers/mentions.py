@@ -31,9 +31,12 @@ def register(app: AsyncApp, deps: Deps) -> None:
             thread = event.get("thread_ts") or event.get("ts")
             cmd = parse_mention(event.get("text") or "", bot_user_id=context.get("bot_user_id"))
             reply = quick_answer(cmd, deps) or await answer(
-                cmd, deps, command_text=event.get("text") or "", source="mention",
+                cmd,
+                deps,
+                command_text=event.get("text") or "",
+                source="mention",
                 user=event.get("user"),
-            )  # fmt: skip
+            )
             if isinstance(cmd, (DraftCommand, TicketCommand)):
                 # A draft (a ticket's too) is for the engineer only, even when asked for in a
                 # channel.

@@ -254,14 +254,18 @@ def posted_blocks(
                     dict(e) for e in block.get("elements", []) if e.get("action_id") != NOTE_ACTION
                 ]
                 if elements:
-                    kept.append({"type": "actions", "block_id": TICKET_ACTIONS_BLOCK,
-                                 "elements": elements})  # fmt: skip
+                    kept.append(
+                        {"type": "actions", "block_id": TICKET_ACTIONS_BLOCK, "elements": elements}
+                    )
                 continue
             kept.append(dict(block))
         return [*kept[:49], posted_line(ticket_id, url, user)]
     return [
         header(f"Ticket #{ticket_id} · internal note"),
-        {"type": "section", "block_id": DRAFT_BLOCK,
-         "text": {"type": "plain_text", "text": clip(body, MAX_SECTION), "emoji": False}},
+        {
+            "type": "section",
+            "block_id": DRAFT_BLOCK,
+            "text": {"type": "plain_text", "text": clip(body, MAX_SECTION), "emoji": False},
+        },
         posted_line(ticket_id, url, user),
-    ]  # fmt: skip
+    ]

@@ -135,9 +135,17 @@ Command = (
 )
 
 SUBCOMMANDS = (
-    "help", "status", "explain", "draft", "refund", "credit", "alerts", "history", "ticket",
+    "help",
+    "status",
+    "explain",
+    "draft",
+    "refund",
+    "credit",
+    "alerts",
+    "history",
+    "ticket",
     "report",
-)  # fmt: skip
+)
 
 USAGE = {
     "status": "`/billing status ACCOUNT` (or just `/billing ACCOUNT`)",

@@ -337,16 +337,25 @@ def table_lines(report: Report, *, limit: int = 20) -> list[str]:
     rows = [("#", "cause", "cases", "prev", "change", "accounts", "amount")]
     for rank, c in enumerate(report.causes[:limit], start=1):
         rows.append(
-            (str(rank), cause_label(c.cause), str(c.cases), str(c.previous_cases),
-             _delta(c.cases, c.previous_cases), str(c.accounts), c.money.format())
-        )  # fmt: skip
+            (
+                str(rank),
+                cause_label(c.cause),
+                str(c.cases),
+                str(c.previous_cases),
+                _delta(c.cases, c.previous_cases),
+                str(c.accounts),
+                c.money.format(),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     right = {0, 2, 3, 4, 5, 6}
     return [
-        "  ".join(cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
-                  for i, cell in enumerate(row)).rstrip()
+        "  ".join(
+            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ).rstrip()
         for row in rows
-    ]  # fmt: skip
+    ]
 
 
 def text_report(report: Report) -> str:

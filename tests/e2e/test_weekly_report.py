@@ -23,9 +23,14 @@ async def test_one_weekly_post_per_week_across_replicas_and_restarts(
     """Two replicas run the job (and one restarts): one post this week, with the ranked table."""
     url = f"sqlite+aiosqlite:///{tmp_path}/weekly.db"
     async with serve_app(local_slack, url, report_channel=REPORT) as one:
-        await record_case(one.deps.database, source="command", kind="explain",
-                          account_id="acct_a", findings=[("usage_growth", Money(Decimal("12"), "usd"))],
-                          invoice_id="in_1")  # fmt: skip
+        await record_case(
+            one.deps.database,
+            source="command",
+            kind="explain",
+            account_id="acct_a",
+            findings=[("usage_growth", Money(Decimal("12"), "usd"))],
+            invoice_id="in_1",
+        )
         async with serve_app(local_slack, url, report_channel=REPORT) as two:
             assert WEEKLY_JOB in one.deps.scheduler.jobs  # type: ignore[union-attr]
             await one.deps.scheduler.run_now(WEEKLY_JOB)  # type: ignore[union-attr]
@@ -61,9 +66,14 @@ async def test_slash_report_is_a_compact_ranked_table(
     """`/billing report 7d` answers with the ranked causes in a table; bad windows are refused."""
     async with serve_app(local_slack, f"sqlite+aiosqlite:///{tmp_path}/r.db") as running:
         for n, cause in enumerate(("usage_growth", "usage_growth", "tax_change")):
-            await record_case(running.deps.database, source="command", kind="explain",
-                              account_id=f"acct_{n}", findings=[(cause, Money(Decimal("5"), "usd"))],
-                              invoice_id=f"in_{n}")  # fmt: skip
+            await record_case(
+                running.deps.database,
+                source="command",
+                kind="explain",
+                account_id=f"acct_{n}",
+                findings=[(cause, Money(Decimal("5"), "usd"))],
+                invoice_id=f"in_{n}",
+            )
         reply = await running.answer("report 7d")
         bad = await running.answer("report 5d", key="bad")
     text = json.dumps(reply["blocks"])

@@ -75,14 +75,23 @@ def button_value(reply: dict[str, Any], action_id: str) -> str | None:
 
 
 async def click(
-    running: RunningApp, action_id: str, value: str, *, user: str = "U0SUPPORT", key: str = "click",
+    running: RunningApp,
+    action_id: str,
+    value: str,
+    *,
+    user: str = "U0SUPPORT",
+    key: str = "click",
     retry: int | None = None,
-) -> int:  # fmt: skip
+) -> int:
     """Click a button on an ephemeral answer; the HTTP status of Slack's request."""
     body = block_actions_body(
-        action_id, value, user_id=user, channel_id="C0SUPPORT", is_ephemeral=True,
+        action_id,
+        value,
+        user_id=user,
+        channel_id="C0SUPPORT",
+        is_ephemeral=True,
         response_url=running.slack.response_url(key),
-    )  # fmt: skip
+    )
     headers = signed_headers(body, content_type=FORM)
     if retry is not None:
         headers["X-Slack-Retry-Num"] = str(retry)
@@ -128,9 +137,11 @@ async def test_each_resolution_path_finds_the_account_and_says_how(
 
 
 async def test_an_organization_field_names_the_account(
-    local_slack: LocalSlack, fake_providers: FakeProviders, fake_zendesk: FakeZendesk,
+    local_slack: LocalSlack,
+    fake_providers: FakeProviders,
+    fake_zendesk: FakeZendesk,
     sqlite_url: str,
-) -> None:  # fmt: skip
+) -> None:
     """ZENDESK_ACCOUNT_FIELD may be an organization field's key."""
     fake_zendesk.router.add_ticket(
         5555,
@@ -143,16 +154,19 @@ async def test_an_organization_field_names_the_account(
         },
         comments=[(7100, "Why is there more tax this month?", True)],
     )
-    async with served(local_slack, sqlite_url, fake_providers, fake_zendesk,
-                      zendesk_account_field="account_id") as running:  # fmt: skip
+    async with served(
+        local_slack, sqlite_url, fake_providers, fake_zendesk, zendesk_account_field="account_id"
+    ) as running:
         reply = await running.answer("ticket 5555")
     assert "`acct_soylent` · matched by account field account_id" in content(reply)
 
 
 async def test_the_account_field_comes_before_the_requester_email(
-    local_slack: LocalSlack, fake_providers: FakeProviders, fake_zendesk: FakeZendesk,
+    local_slack: LocalSlack,
+    fake_providers: FakeProviders,
+    fake_zendesk: FakeZendesk,
     sqlite_url: str,
-) -> None:  # fmt: skip
+) -> None:
     """When the field and the requester name different accounts, the field wins (the order)."""
     fake_zendesk.router.add_ticket(
         5556,
@@ -174,9 +188,14 @@ async def test_the_account_field_comes_before_the_requester_email(
     ],
 )
 async def test_several_matching_accounts_are_listed_never_guessed(
-    local_slack: LocalSlack, fake_providers: FakeProviders, fake_zendesk: FakeZendesk,
-    sqlite_url: str, ticket: int, candidates: list[str], by: str,
-) -> None:  # fmt: skip
+    local_slack: LocalSlack,
+    fake_providers: FakeProviders,
+    fake_zendesk: FakeZendesk,
+    sqlite_url: str,
+    ticket: int,
+    candidates: list[str],
+    by: str,
+) -> None:
     """Several accounts: the answer says so, lists them, and offers no draft to post."""
     async with served(local_slack, sqlite_url, fake_providers, fake_zendesk) as running:
         reply = await running.answer(f"ticket {ticket}")
@@ -188,9 +207,11 @@ async def test_several_matching_accounts_are_listed_never_guessed(
 
 
 async def test_no_matching_account_says_what_was_tried(
-    local_slack: LocalSlack, fake_providers: FakeProviders, fake_zendesk: FakeZendesk,
+    local_slack: LocalSlack,
+    fake_providers: FakeProviders,
+    fake_zendesk: FakeZendesk,
     sqlite_url: str,
-) -> None:  # fmt: skip
+) -> None:
     """No account: said plainly, with each source tried, and no draft."""
     async with served(local_slack, sqlite_url, fake_providers, fake_zendesk) as running:
         reply = await running.answer("ticket 1005")
@@ -204,9 +225,11 @@ async def test_no_matching_account_says_what_was_tried(
 
 
 async def test_a_ticket_url_of_another_host_is_refused_before_any_request(
-    local_slack: LocalSlack, fake_providers: FakeProviders, fake_zendesk: FakeZendesk,
+    local_slack: LocalSlack,
+    fake_providers: FakeProviders,
+    fake_zendesk: FakeZendesk,
     sqlite_url: str,
-) -> None:  # fmt: skip
+) -> None:
     """A link to another Zendesk (or anything else) is refused and Zendesk is never called."""
     async with served(local_slack, sqlite_url, fake_providers, fake_zendesk) as running:
         reply = await running.answer("ticket <https://evil.zendesk.com/agent/tickets/1001>")
@@ -217,9 +240,11 @@ async def test_a_ticket_url_of_another_host_is_refused_before_any_request(
 
 
 async def test_a_ticket_link_on_the_configured_host_works(
-    local_slack: LocalSlack, fake_providers: FakeProviders, fake_zendesk: FakeZendesk,
+    local_slack: LocalSlack,
+    fake_providers: FakeProviders,
+    fake_zendesk: FakeZendesk,
     sqlite_url: str,
-) -> None:  # fmt: skip
+) -> None:
     """`https://{subdomain}.zendesk.com/agent/tickets/N` (as Slack sends it) names ticket N."""
     async with served(local_slack, sqlite_url, fake_providers, fake_zendesk) as running:
         reply = await running.answer("ticket <https://acme.zendesk.com/agent/tickets/1003>")
@@ -227,9 +252,12 @@ async def test_a_ticket_link_on_the_configured_host_works(
 
 
 async def test_the_card_number_never_reaches_slack_or_the_llm(
-    local_slack: LocalSlack, fake_providers: FakeProviders, fake_zendesk: FakeZendesk,
-    fake_openai: FakeOpenAI, sqlite_url: str,
-) -> None:  # fmt: skip
+    local_slack: LocalSlack,
+    fake_providers: FakeProviders,
+    fake_zendesk: FakeZendesk,
+    fake_openai: FakeOpenAI,
+    sqlite_url: str,
+) -> None:
     """The customer's message is quoted to the LLM and shown in Slack, card number redacted."""
     async with served(
         local_slack, sqlite_url, fake_providers, fake_zendesk, llm_url=fake_openai.base_url
@@ -246,9 +274,11 @@ async def test_the_card_number_never_reaches_slack_or_the_llm(
 
 
 async def test_posting_the_note_adds_one_private_comment_and_shows_who(
-    local_slack: LocalSlack, fake_providers: FakeProviders, fake_zendesk: FakeZendesk,
+    local_slack: LocalSlack,
+    fake_providers: FakeProviders,
+    fake_zendesk: FakeZendesk,
     sqlite_url: str,
-) -> None:  # fmt: skip
+) -> None:
     """One click: one internal note (the draft, then its marker line), nothing else changed on
     the ticket, no public comment; the message shows who posted it, with the link."""
     async with served(local_slack, sqlite_url, fake_providers, fake_zendesk) as running:
@@ -270,9 +300,11 @@ async def test_posting_the_note_adds_one_private_comment_and_shows_who(
 
 
 async def test_twenty_concurrent_clicks_and_a_slack_retry_add_one_note(
-    local_slack: LocalSlack, fake_providers: FakeProviders, fake_zendesk: FakeZendesk,
+    local_slack: LocalSlack,
+    fake_providers: FakeProviders,
+    fake_zendesk: FakeZendesk,
     sqlite_url: str,
-) -> None:  # fmt: skip
+) -> None:
     """Double clicks (20 at once) and Slack's retry of a click: exactly one PUT, one note."""
     fake_providers.set_latency(0)
     fake_zendesk.server.latency = 0.05
@@ -281,9 +313,11 @@ async def test_twenty_concurrent_clicks_and_a_slack_retry_add_one_note(
         value = button_value(reply, NOTE_ACTION)
         assert value is not None
         statuses = await asyncio.gather(
-            *(click(running, NOTE_ACTION, value, user=f"U0CLICK{n:02d}", key=f"c{n}")
-              for n in range(20))
-        )  # fmt: skip
+            *(
+                click(running, NOTE_ACTION, value, user=f"U0CLICK{n:02d}", key=f"c{n}")
+                for n in range(20)
+            )
+        )
         await running.settle()
         assert await click(running, NOTE_ACTION, value, key="retry", retry=1) == 200
         await running.settle()
@@ -297,9 +331,11 @@ async def test_twenty_concurrent_clicks_and_a_slack_retry_add_one_note(
 
 
 async def test_a_timeout_after_zendesk_applied_the_note_is_reconciled_not_reposted(
-    local_slack: LocalSlack, fake_providers: FakeProviders, fake_zendesk: FakeZendesk,
+    local_slack: LocalSlack,
+    fake_providers: FakeProviders,
+    fake_zendesk: FakeZendesk,
     sqlite_url: str,
-) -> None:  # fmt: skip
+) -> None:
     """Zendesk adds the note but answers too late: the bot reads the ticket's comments, finds
     its marker, shows the note as posted, and a second click adds nothing."""
     fake_zendesk.router.write_delay = 2.0
@@ -325,29 +361,39 @@ async def test_a_timeout_after_zendesk_applied_the_note_is_reconciled_not_repost
 
 @pytest.mark.postgres
 async def test_two_app_instances_on_one_postgres_add_one_note(
-    local_slack: LocalSlack, fake_providers: FakeProviders, fake_zendesk: FakeZendesk,
+    local_slack: LocalSlack,
+    fake_providers: FakeProviders,
+    fake_zendesk: FakeZendesk,
     postgres_database_url: str,
-) -> None:  # fmt: skip
+) -> None:
     """Two replicas sharing PostgreSQL, clicked at once: one note."""
-    async with served(local_slack, postgres_database_url, fake_providers, fake_zendesk) as one:
-        async with served(local_slack, postgres_database_url, fake_providers, fake_zendesk) as two:
-            reply = await one.answer("ticket 1001")
-            value = button_value(reply, NOTE_ACTION)
-            assert value is not None
-            await asyncio.gather(
-                *(click(app, NOTE_ACTION, value, key=f"{name}{n}")
-                  for n in range(5) for name, app in (("a", one), ("b", two)))
-            )  # fmt: skip
-            await one.settle()
-            await two.settle()
+    url = postgres_database_url
+    async with (
+        served(local_slack, url, fake_providers, fake_zendesk) as one,
+        served(local_slack, url, fake_providers, fake_zendesk) as two,
+    ):
+        reply = await one.answer("ticket 1001")
+        value = button_value(reply, NOTE_ACTION)
+        assert value is not None
+        await asyncio.gather(
+            *(
+                click(app, NOTE_ACTION, value, key=f"{name}{n}")
+                for n in range(5)
+                for name, app in (("a", one), ("b", two))
+            )
+        )
+        await one.settle()
+        await two.settle()
     assert fake_zendesk.puts() == 1
     assert len(fake_zendesk.router.private_notes(1001)) == 1
 
 
 async def test_a_mention_of_a_ticket_answers_privately(
-    local_slack: LocalSlack, fake_providers: FakeProviders, fake_zendesk: FakeZendesk,
+    local_slack: LocalSlack,
+    fake_providers: FakeProviders,
+    fake_zendesk: FakeZendesk,
     sqlite_url: str,
-) -> None:  # fmt: skip
+) -> None:
     """`@Billing Triage ticket 1001` triages it, for the engineer only (it holds a draft)."""
     from tests.support.slack import app_mention
 

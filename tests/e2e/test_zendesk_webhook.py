@@ -20,7 +20,7 @@ from tests.support.app import RunningApp, serve_app
 from tests.support.providers import FakeProviders
 from tests.support.zendesk import ACCOUNT_FIELD, FakeZendesk
 
-SECRET = "zendesk-webhook-secret-0123"  # noqa: S105 - a test secret
+SECRET = "zendesk-webhook-secret-0123"
 TRIAGE = "C0TRIAGE"
 
 
@@ -33,14 +33,20 @@ async def served(
     **settings: Any,
 ) -> AsyncIterator[RunningApp]:
     """The app with the webhook secret and the triage channel set."""
-    values: dict[str, Any] = {"zendesk_webhook_secret": SECRET, "triage_channel": TRIAGE,
-                              "zendesk_account_field": ACCOUNT_FIELD}  # fmt: skip
+    values: dict[str, Any] = {
+        "zendesk_webhook_secret": SECRET,
+        "triage_channel": TRIAGE,
+        "zendesk_account_field": ACCOUNT_FIELD,
+    }
     values.update(settings)
     build = functools.partial(build_app, tickets=zendesk.client())
     async with serve_app(
-        slack, f"sqlite+aiosqlite:///{tmp_path}/hook.db", providers=providers.clients(),
-        build=build, **values,
-    ) as running:  # fmt: skip
+        slack,
+        f"sqlite+aiosqlite:///{tmp_path}/hook.db",
+        providers=providers.clients(),
+        build=build,
+        **values,
+    ) as running:
         yield running
 
 
@@ -85,9 +91,11 @@ def text_of(args: dict[str, Any]) -> str:
 
 
 async def test_a_signed_trigger_delivery_posts_one_triage_card(
-    local_slack: LocalSlack, fake_providers: FakeProviders, fake_zendesk: FakeZendesk,
+    local_slack: LocalSlack,
+    fake_providers: FakeProviders,
+    fake_zendesk: FakeZendesk,
     tmp_path: Any,
-) -> None:  # fmt: skip
+) -> None:
     """A good signature: 200 at once, then one card with the ticket, account, what matters and
     the ticket's buttons in TRIAGE_CHANNEL."""
     async with served(local_slack, tmp_path, fake_providers, fake_zendesk) as running:
@@ -98,20 +106,31 @@ async def test_a_signed_trigger_delivery_posts_one_triage_card(
     text = text_of(card)
     assert "Ticket #1004" in text and "`acct_contoso`" in text
     assert "failed payment" in text and NOTE_ACTION in text
-    assert validate_blocks(json.loads(card["blocks"]) if isinstance(card["blocks"], str)
-                           else card["blocks"]) == []  # fmt: skip
+    assert (
+        validate_blocks(
+            json.loads(card["blocks"]) if isinstance(card["blocks"], str) else card["blocks"]
+        )
+        == []
+    )
 
 
 async def test_an_event_webhook_is_understood(
-    local_slack: LocalSlack, fake_providers: FakeProviders, fake_zendesk: FakeZendesk,
+    local_slack: LocalSlack,
+    fake_providers: FakeProviders,
+    fake_zendesk: FakeZendesk,
     tmp_path: Any,
-) -> None:  # fmt: skip
+) -> None:
     """The `zen:event-type:ticket.created` event (IDs as strings) names its ticket."""
     event = {
-        "type": "zen:event-type:ticket.created", "account_id": 123, "id": "evt-01",
-        "time": _stamp(), "zendesk_event_version": "2022-11-06", "subject": "zen:ticket:1003",
-        "detail": {"id": "1003", "status": "NEW"}, "event": {},
-    }  # fmt: skip
+        "type": "zen:event-type:ticket.created",
+        "account_id": 123,
+        "id": "evt-01",
+        "time": _stamp(),
+        "zendesk_event_version": "2022-11-06",
+        "subject": "zen:ticket:1003",
+        "detail": {"id": "1003", "status": "NEW"},
+        "event": {},
+    }
     async with served(local_slack, tmp_path, fake_providers, fake_zendesk) as running:
         status, _ = await deliver(running, event)
         await running.deps.delivery.drain()  # type: ignore[union-attr]
@@ -130,9 +149,13 @@ async def test_an_event_webhook_is_understood(
     ],
 )
 async def test_bad_or_stale_deliveries_are_400_and_nothing_else(
-    local_slack: LocalSlack, fake_providers: FakeProviders, fake_zendesk: FakeZendesk,
-    tmp_path: Any, why: str, kwargs: dict[str, Any],
-) -> None:  # fmt: skip
+    local_slack: LocalSlack,
+    fake_providers: FakeProviders,
+    fake_zendesk: FakeZendesk,
+    tmp_path: Any,
+    why: str,
+    kwargs: dict[str, Any],
+) -> None:
     """A wrong signature or an old timestamp: 400, nothing queued, Zendesk never read."""
     async with served(local_slack, tmp_path, fake_providers, fake_zendesk) as running:
         status, answer = await deliver(running, {"ticket_id": "1004"}, **kwargs)
@@ -146,9 +169,11 @@ async def test_bad_or_stale_deliveries_are_400_and_nothing_else(
 
 
 async def test_a_replayed_delivery_and_a_second_trigger_post_one_card(
-    local_slack: LocalSlack, fake_providers: FakeProviders, fake_zendesk: FakeZendesk,
+    local_slack: LocalSlack,
+    fake_providers: FakeProviders,
+    fake_zendesk: FakeZendesk,
     tmp_path: Any,
-) -> None:  # fmt: skip
+) -> None:
     """The same delivery again (Zendesk's retry), and another delivery about the same ticket:
     still one card."""
     async with served(local_slack, tmp_path, fake_providers, fake_zendesk) as running:
@@ -162,13 +187,16 @@ async def test_a_replayed_delivery_and_a_second_trigger_post_one_card(
 
 
 async def test_no_secret_or_no_ticket_is_refused(
-    local_slack: LocalSlack, fake_providers: FakeProviders, fake_zendesk: FakeZendesk,
+    local_slack: LocalSlack,
+    fake_providers: FakeProviders,
+    fake_zendesk: FakeZendesk,
     tmp_path: Any,
-) -> None:  # fmt: skip
+) -> None:
     """Without ZENDESK_WEBHOOK_SECRET nothing is trusted; a signed body without a ticket ID or
     with broken JSON is refused too."""
-    async with served(local_slack, tmp_path, fake_providers, fake_zendesk,
-                      zendesk_webhook_secret=None) as running:  # fmt: skip
+    async with served(
+        local_slack, tmp_path, fake_providers, fake_zendesk, zendesk_webhook_secret=None
+    ) as running:
         status, answer = await deliver(running, {"ticket_id": "1001"})
     assert status == 400 and "ZENDESK_WEBHOOK_SECRET" in answer["error"]
     async with served(local_slack, tmp_path, fake_providers, fake_zendesk) as running:

@@ -157,8 +157,15 @@ async def seed(db: Database) -> None:
         invoice_id="in_x1",
         at=ago(45),
     )
-    await record_case(db, source="command", kind="explain", account_id="acct_x",
-                      findings=[("usage_growth", usd("999.00"))], invoice_id="in_x0", at=ago(100))  # fmt: skip
+    await record_case(
+        db,
+        source="command",
+        kind="explain",
+        account_id="acct_x",
+        findings=[("usage_growth", usd("999.00"))],
+        invoice_id="in_x0",
+        at=ago(100),
+    )
 
 
 @pytest.mark.postgres
@@ -172,9 +179,13 @@ async def test_the_report_counts_ranks_and_compares_windows(migrated_db: Databas
     causes = {c["cause"]: c for c in data["causes"]}
     assert [c["cause"] for c in data["causes"]][:2] == ["usage_growth", "discount_expired"]
     assert causes["usage_growth"] == {
-        "cause": "usage_growth", "cases": 3, "accounts": 1, "amount": "320.50",
-        "currency": "usd", "previous_cases": 1,
-    }  # fmt: skip
+        "cause": "usage_growth",
+        "cases": 3,
+        "accounts": 1,
+        "amount": "320.50",
+        "currency": "usd",
+        "previous_cases": 1,
+    }
     assert causes["discount_expired"]["accounts"] == 3
     assert causes["discount_expired"]["previous_cases"] == 0
     assert causes["duplicate_charge"]["amount"] == "3918.56"
@@ -211,8 +222,11 @@ async def test_requests_and_alerts_sections(migrated_db: Database) -> None:
     report = await build_report(migrated_db, days=30, now=NOW)
     data = report.to_json()
     assert data["requests"] == {
-        "requested": 3, "approved": 1, "denied": 1, "amount_approved": "100.00"
-    }  # fmt: skip
+        "requested": 3,
+        "approved": 1,
+        "denied": 1,
+        "amount_approved": "100.00",
+    }
     assert data["alerts"] == {
         "usage_spike": {"alerts": 3, "precision": "0.67"},
         "payment_failed": {"alerts": 1, "precision": None},
@@ -229,8 +243,7 @@ async def test_the_json_has_exactly_the_contract_shape(migrated_db: Database) ->
     data = (await build_report(migrated_db, days=30, now=NOW)).to_json()
     assert list(data) == ["window_days", "cases", "causes", "recurring", "requests", "alerts"]
     for cause in data["causes"]:
-        assert list(cause) == ["cause", "cases", "accounts", "amount", "currency",
-                               "previous_cases"]  # fmt: skip
+        assert list(cause) == ["cause", "cases", "accounts", "amount", "currency", "previous_cases"]
         assert isinstance(cause["amount"], str) and Decimal(cause["amount"]) >= 0
     for item in data["recurring"]:
         assert list(item) == ["account", "cause", "cases"]
@@ -244,8 +257,15 @@ async def test_the_json_has_exactly_the_contract_shape(migrated_db: Database) ->
 async def test_a_repeated_case_is_stored_once(migrated_db: Database) -> None:
     """The same lookup again that day (or a Slack retry) is one case, not two."""
     for _ in range(3):
-        await record_case(migrated_db, source="command", kind="explain", account_id="acct_z",
-                          findings=[("usage_growth", usd("1.00"))], invoice_id="in_z", at=NOW)  # fmt: skip
+        await record_case(
+            migrated_db,
+            source="command",
+            kind="explain",
+            account_id="acct_z",
+            findings=[("usage_growth", usd("1.00"))],
+            invoice_id="in_z",
+            at=NOW,
+        )
     report = await build_report(migrated_db, days=7, now=NOW + timedelta(hours=1))
     assert report.cases == 1
 
@@ -254,21 +274,49 @@ async def test_a_repeated_case_is_stored_once(migrated_db: Database) -> None:
 async def test_a_case_stores_ids_kinds_and_amounts_only(migrated_db: Database) -> None:
     """No customer text goes into the case tables: only IDs, kinds, amounts (and the short
     request reason)."""
-    await record_case(migrated_db, source="ticket", kind="ticket", account_id="acct_q",
-                      findings=[("duplicate_charge", usd("12.00"))], ticket_id=77, at=NOW)  # fmt: skip
+    await record_case(
+        migrated_db,
+        source="ticket",
+        kind="ticket",
+        account_id="acct_q",
+        findings=[("duplicate_charge", usd("12.00"))],
+        ticket_id=77,
+        at=NOW,
+    )
     from sqlalchemy import text
 
     async with migrated_db.engine.connect() as conn:
         case_columns = (await conn.execute(text("SELECT * FROM cases"))).keys()
         cause_columns = (await conn.execute(text("SELECT * FROM case_causes"))).keys()
     assert set(case_columns) == {
-        "id", "created_at", "source", "kind", "account_id", "ticket_id", "invoice_id",
-        "request_id", "request_kind", "request_reason", "request_status",
-        "request_amount_minor", "request_currency", "decided_at", "alert_id", "alert_kind",
-        "alert_feedback", "dedupe_key",
-    }  # fmt: skip
-    assert set(cause_columns) == {"case_id", "cause", "currency", "amount_minor", "account_id",
-                                  "subject", "created_at"}  # fmt: skip
+        "id",
+        "created_at",
+        "source",
+        "kind",
+        "account_id",
+        "ticket_id",
+        "invoice_id",
+        "request_id",
+        "request_kind",
+        "request_reason",
+        "request_status",
+        "request_amount_minor",
+        "request_currency",
+        "decided_at",
+        "alert_id",
+        "alert_kind",
+        "alert_feedback",
+        "dedupe_key",
+    }
+    assert set(cause_columns) == {
+        "case_id",
+        "cause",
+        "currency",
+        "amount_minor",
+        "account_id",
+        "subject",
+        "created_at",
+    }
 
 
 @pytest.mark.parametrize("text", ["5d", "abc", "0d", "365d", "7", "-7d"])
@@ -285,8 +333,9 @@ def test_bad_day_counts_are_refused(days: int) -> None:
         check_days(days)
 
 
-@pytest.mark.parametrize("argv", [["--days", "0"], ["--days", "100000"], ["--days", "abc"],
-                                  ["--json", "--csv"]])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv", [["--days", "0"], ["--days", "100000"], ["--days", "abc"], ["--json", "--csv"]]
+)
 def test_the_cli_refuses_bad_windows_with_exit_2(
     argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -311,8 +360,14 @@ def test_the_cli_prints_json_csv_and_a_table(
 
         await upgrade(url)
         db = Database(url)
-        await record_case(db, source="command", kind="explain", account_id="acct_a",
-                          findings=[("usage_growth", usd("5.00"))], invoice_id="in_1")  # fmt: skip
+        await record_case(
+            db,
+            source="command",
+            kind="explain",
+            account_id="acct_a",
+            findings=[("usage_growth", usd("5.00"))],
+            invoice_id="in_1",
+        )
         await db.dispose()
 
     asyncio.run(prepare())

@@ -60,17 +60,38 @@ async def test_a_dropped_connection_is_unknown_then_postable_after_the_grace(
     clock = Clock()
     await _draft(migrated_db, 1004, "d1", clock.now)
     fake_zendesk.server.add_fault(Fault("drop", path="tickets/1004.json"))
-    first = await post_note(store=migrated_db, tickets=client, ticket_id=1004, draft_id="d1",
-                            user="U1", holder="a", clock=clock)  # fmt: skip
+    first = await post_note(
+        store=migrated_db,
+        tickets=client,
+        ticket_id=1004,
+        draft_id="d1",
+        user="U1",
+        holder="a",
+        clock=clock,
+    )
     assert first.status == "unknown"
-    again = await post_note(store=migrated_db, tickets=client, ticket_id=1004, draft_id="d1",
-                            user="U2", holder="b", clock=clock)  # fmt: skip
+    again = await post_note(
+        store=migrated_db,
+        tickets=client,
+        ticket_id=1004,
+        draft_id="d1",
+        user="U2",
+        holder="b",
+        clock=clock,
+    )
     assert again.status == "unknown" and fake_zendesk.puts() == 1
     clock.now += UNKNOWN_GRACE + timedelta(seconds=1)
     settled = await reconcile_unsettled(store=migrated_db, tickets=client, clock=clock)
     assert [s.status for s in settled] == ["failed"]
-    posted = await post_note(store=migrated_db, tickets=client, ticket_id=1004, draft_id="d1",
-                             user="U2", holder="b", clock=clock)  # fmt: skip
+    posted = await post_note(
+        store=migrated_db,
+        tickets=client,
+        ticket_id=1004,
+        draft_id="d1",
+        user="U2",
+        holder="b",
+        clock=clock,
+    )
     assert posted.status == "posted"
     assert fake_zendesk.puts() == 2 and len(fake_zendesk.router.private_notes(1004)) == 1
 
@@ -90,8 +111,15 @@ async def test_a_replica_that_died_mid_post_is_reconciled_from_the_ticket(
     clock.now += timedelta(minutes=5)
     settled = await reconcile_unsettled(store=migrated_db, tickets=client, clock=clock)
     assert [(s.status, s.by_this_call) for s in settled] == [("posted", True)]
-    after = await post_note(store=migrated_db, tickets=client, ticket_id=1003, draft_id="d2",
-                            user="U2", holder="b", clock=clock)  # fmt: skip
+    after = await post_note(
+        store=migrated_db,
+        tickets=client,
+        ticket_id=1003,
+        draft_id="d2",
+        user="U2",
+        holder="b",
+        clock=clock,
+    )
     assert after.status == "already_posted" and after.posted_by == "U1"
     assert fake_zendesk.puts() == 1
 
@@ -104,11 +132,25 @@ async def test_a_refused_note_can_be_posted_again(
     clock = Clock()
     await _draft(migrated_db, 1001, "d3", clock.now)
     fake_zendesk.server.fail(429, retry_after="30", path="tickets/1001.json")
-    refused = await post_note(store=migrated_db, tickets=client, ticket_id=1001, draft_id="d3",
-                              user="U1", holder="a", clock=clock)  # fmt: skip
+    refused = await post_note(
+        store=migrated_db,
+        tickets=client,
+        ticket_id=1001,
+        draft_id="d3",
+        user="U1",
+        holder="a",
+        clock=clock,
+    )
     assert refused.status == "failed" and "rate limited" in (refused.message or "")
-    posted = await post_note(store=migrated_db, tickets=client, ticket_id=1001, draft_id="d3",
-                             user="U1", holder="a", clock=clock)  # fmt: skip
+    posted = await post_note(
+        store=migrated_db,
+        tickets=client,
+        ticket_id=1001,
+        draft_id="d3",
+        user="U1",
+        holder="a",
+        clock=clock,
+    )
     assert posted.status == "posted" and len(fake_zendesk.router.private_notes(1001)) == 1
 
 
@@ -116,6 +158,7 @@ async def test_an_unknown_draft_is_said_plainly(
     migrated_db: Database, client: ZendeskTicketSource
 ) -> None:
     """A button whose draft is gone posts nothing and says so."""
-    outcome = await post_note(store=migrated_db, tickets=client, ticket_id=1001, draft_id="nope",
-                              user="U1", holder="a")  # fmt: skip
+    outcome = await post_note(
+        store=migrated_db, tickets=client, ticket_id=1001, draft_id="nope", user="U1", holder="a"
+    )
     assert outcome.status == "missing"

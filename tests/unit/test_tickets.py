@@ -18,10 +18,12 @@ from bot.errors import InvalidIdentifier, UsageError
 
 def test_identifiers_in_ticket_text_are_found_in_order() -> None:
     """`cus_…`, `in_…`, `ch_…` and invoice numbers are found, each once, in order."""
-    found = identifiers_in([
-        "Invoice B02734D1-0017 and in_1zpXGiSb7xQ01zgk were charged (ch_168yQHSb7xQ01zgk)",
-        "customer cus_k8GNvhcmNZEUAA; again in_1zpXGiSb7xQ01zgk",
-    ])  # fmt: skip
+    found = identifiers_in(
+        [
+            "Invoice B02734D1-0017 and in_1zpXGiSb7xQ01zgk were charged (ch_168yQHSb7xQ01zgk)",
+            "customer cus_k8GNvhcmNZEUAA; again in_1zpXGiSb7xQ01zgk",
+        ]
+    )
     assert [(i.value, i.primary) for i in found] == [
         ("B02734D1-0017", IdentifierKind.INVOICE_NUMBER),
         ("in_1zpXGiSb7xQ01zgk", IdentifierKind.STRIPE_INVOICE),
@@ -52,16 +54,30 @@ def test_the_customers_latest_public_comment_is_theirs() -> None:
 
 @pytest.mark.parametrize(
     ("text", "ref"),
-    [("ticket 1001", "1001"), ("ticket #1001", "#1001"),
-     ("ticket <https://acme.zendesk.com/agent/tickets/7>", "https://acme.zendesk.com/agent/tickets/7")],
-)  # fmt: skip
+    [
+        ("ticket 1001", "1001"),
+        ("ticket #1001", "#1001"),
+        (
+            "ticket <https://acme.zendesk.com/agent/tickets/7>",
+            "https://acme.zendesk.com/agent/tickets/7",
+        ),
+    ],
+)
 def test_ticket_commands_parse(text: str, ref: str) -> None:
     """`ticket TICKET` takes a number, `#N`, or a ticket link (Slack markup removed)."""
     assert parse_command(text) == TicketCommand(ref)
 
 
-@pytest.mark.parametrize("text", ["ticket", "ticket abc", "ticket 1 2", "ticket 0",
-                                  "ticket https://acme.zendesk.com/agent/users/1"])  # fmt: skip
+@pytest.mark.parametrize(
+    "text",
+    [
+        "ticket",
+        "ticket abc",
+        "ticket 1 2",
+        "ticket 0",
+        "ticket https://acme.zendesk.com/agent/users/1",
+    ],
+)
 def test_bad_ticket_commands_are_refused(text: str) -> None:
     """Anything that is not a ticket reference is refused before any request."""
     with pytest.raises((UsageError, InvalidIdentifier)):
