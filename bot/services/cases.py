@@ -23,7 +23,9 @@ log = logging.getLogger("bot.cases")
 #: Findings of an explanation recorded as its causes (the engine ranks them by |amount|).
 TOP_CAUSES = 3
 #: Where a case came from / what the bot did (DESIGN §11).
-SOURCES = ("command", "mention", "ticket", "alert", "button")
+SOURCES = ("command", "mention", "ticket", "alert")
+#: A button that re-runs an answer (Share in channel, Regenerate): the same triage, not a case.
+RERUN = "button"
 KINDS = ("status", "explain", "draft", "ticket", "refund", "credit", "alert")
 
 
@@ -67,7 +69,8 @@ async def record_case(
 ) -> int | None:
     """Store one case; its ID, or None when it was a duplicate or could not be stored.
 
-    - `source`: `command` | `mention` | `ticket` | `alert` | `button`; `kind`: `status` |
+    - `source`: `command` | `mention` | `ticket` | `alert` (`button`, a re-run of an answer
+      such as Share or Regenerate, records nothing); `kind`: `status` |
       `explain` | `draft` | `ticket` | `refund` | `credit` | `alert`.
     - `findings`: (finding kind, signed amount) pairs — `causes_of(explanation)`: root causes are
       finding kinds (`FindingKind`), never alert kinds; an alert passes its explanation's
@@ -79,6 +82,8 @@ async def record_case(
     - `dedupe_key`: defaults to one case per request, per alert, per ticket, or per
       (kind, source, account, invoice) and UTC day.
     """
+    if source == RERUN:
+        return None
     when = at or datetime.now(UTC)
     if dedupe_key is None:
         if request_id:

@@ -403,3 +403,29 @@ async def test_a_mention_of_a_ticket_answers_privately(
     ephemerals = local_slack.calls_to("chat.postEphemeral")
     assert ephemerals and "`acct_northwind`" in content(ephemerals[-1].args)
     assert local_slack.calls_to("chat.postMessage") == []
+
+
+async def test_every_answer_is_recorded_as_a_case(
+    local_slack: LocalSlack,
+    fake_providers: FakeProviders,
+    fake_zendesk: FakeZendesk,
+    sqlite_url: str,
+) -> None:
+    """status, explain, draft, ticket and a mention each leave one case with its causes; the
+    report over them names the causes; sharing an answer adds none."""
+    from bot.services.report import build_report
+    from handlers.views import SHARE_ACTION
+
+    async with served(local_slack, sqlite_url, fake_providers, fake_zendesk) as running:
+        status = await running.answer("acct_globex", key="s")
+        await running.answer("explain acct_hooli", key="e")
+        await running.answer("draft acct_northwind customer asks why", key="d")
+        await running.answer("ticket 1002", key="t")
+        share = button_value(status, SHARE_ACTION)
+        assert share is not None
+        await click(running, SHARE_ACTION, share, key="share")
+        await running.settle()
+        report = (await build_report(running.deps.database, days=7)).to_json()
+    assert report["cases"] == 4
+    causes = {c["cause"] for c in report["causes"]}
+    assert {"duplicate_charge", "discount_expired", "usage_growth"} <= causes

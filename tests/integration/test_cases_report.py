@@ -382,3 +382,11 @@ def test_the_cli_prints_json_csv_and_a_table(
     assert main(["report"]) == 0
     out = capsys.readouterr().out
     assert "usage growth" in out and "cases" in out.splitlines()[3]
+
+
+async def test_a_rerun_by_button_is_not_a_new_case(migrated_db: Database) -> None:
+    """Share in channel and Regenerate re-run an answer: the case count does not move."""
+    await record_case(migrated_db, source="command", kind="draft", account_id="acct_r", at=NOW)
+    await record_case(migrated_db, source="button", kind="draft", account_id="acct_r", at=NOW)
+    report = await build_report(migrated_db, days=7, now=NOW + timedelta(hours=1))
+    assert report.cases == 1
