@@ -8,21 +8,25 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.deps import Deps
+from bot.domain.approvals import ApprovalRules
 from bot.domain.ports import BillingProvider, LLMClient, TicketSource
 from bot.metrics import Metrics
+from bot.services.access import AccessService
+from bot.services.approvals import ApprovalService
 from bot.services.jobs import Scheduler, replica_id
 from bot.services.lookup import LookupService
 from bot.settings import Settings
 from bot.storage.db import Database
 from bot.storage.migrate import upgrade
 from handlers import register_all
+from handlers.access import SlackGroupDirectory
 from handlers.delivery import Delivery
 from handlers.middleware import KEEP_EVENTS
 
@@ -146,17 +150,43 @@ def build_app(
     )
     metrics = Metrics()
     holder = replica_id()
+    lookup = LookupService(providers, database=db)
+    delivery = Delivery(db, slack_client, metrics=metrics, holder=holder)
+    access = AccessService(
+        SlackGroupDirectory(slack_client),
+        viewers=settings.viewer_set,
+        requesters=settings.requester_set,
+        approvers=settings.approvers,
+    )
+    approvals = ApprovalService(
+        store=db,
+        lookup=lookup,
+        providers=providers,
+        access=access,
+        rules=ApprovalRules(
+            dual_above=settings.dual_approval_above,
+            per_currency=settings.dual_approval_thresholds,
+            ttl=timedelta(hours=settings.request_ttl_hours),
+        ),
+        channel=settings.finance_channel,
+        holder=holder,
+        lease=settings.approvals_lease_seconds,
+        wake=delivery.wake,
+        metrics=metrics,
+    )
     deps = Deps(
         settings=settings,
         database=db,
         providers=providers,
-        lookup=LookupService(providers, database=db),
+        lookup=lookup,
         llm=llm,
-        delivery=Delivery(db, slack_client, metrics=metrics, holder=holder),
+        delivery=delivery,
         scheduler=Scheduler(db, holder=holder),
         metrics=metrics,
         sandbox=is_sandbox,
         tickets=tickets,
+        access=access,
+        approvals=approvals,
     )
     metrics.samplers.append(lambda: _provider_samples(providers))
     _DEPS[app] = deps

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from bot.errors import BotError, ConfigError
 from bot.logs import configure
@@ -20,6 +22,16 @@ def _user(value: str) -> str:
     if not USER_RE.match(value):
         raise argparse.ArgumentTypeError(f"{value!r} is not a Slack user ID like U0123ABCD")
     return value
+
+
+def _since(value: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a date like 2026-12-01 or a time like 2026-12-01T09:30"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def _days(value: str) -> int:
@@ -60,9 +72,17 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--days", type=_days, default=30, metavar="N", help="window in days (default 30)"
     )
-    fmt = report.add_mutually_exclusive_group()
-    fmt.add_argument("--json", action="store_true", help="one JSON object (DESIGN §11)")
-    fmt.add_argument("--csv", action="store_true", help="CSV: ranked causes, then recurring")
+    report_fmt = report.add_mutually_exclusive_group()
+    report_fmt.add_argument("--json", action="store_true", help="one JSON object (DESIGN §11)")
+    report_fmt.add_argument("--csv", action="store_true", help="CSV: ranked causes, then recurring")
+    audit = sub.add_parser("audit", help="export the append-only audit trail for auditors")
+    audit.add_argument(
+        "--since", type=_since, default=None, metavar="DATE",
+        help="only events at or after DATE (YYYY-MM-DD, or an ISO time; UTC unless given)",
+    )  # fmt: skip
+    fmt = audit.add_mutually_exclusive_group()
+    fmt.add_argument("--csv", action="store_true", help="CSV with a header row")
+    fmt.add_argument("--json", action="store_true", help="one JSON object per event per line")
     db = sub.add_parser("db", help="database commands")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
     db_sub.add_parser("upgrade", help="create or migrate the schema")
@@ -77,7 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"billing-triage: configuration error:\n{exc.message}", file=sys.stderr)
         return 2
-    quiet = args.command in ("ask", "shell", "scan", "report") and settings.log_level == "INFO"
+    quiet = (
+        args.command in ("ask", "shell", "scan", "audit", "report") and settings.log_level == "INFO"
+    )
     configure("WARNING" if quiet else settings.log_level, settings.log_format)
     try:
         return asyncio.run(_run(args, settings))
@@ -89,6 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`billing-triage audit | head`): stop quietly, as `cat` does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
@@ -124,6 +150,8 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         return await run_ask(settings, " ".join(args.text), user_id=args.user)
     if args.command == "report":
         return await _report(args, settings)
+    if args.command == "audit":
+        return await _export_audit(settings, since=args.since, csv_out=args.csv, json_out=args.json)
     if args.command == "scan":
         print("billing-triage scan: anomaly scans are not available yet.", file=sys.stderr)
         return 2
@@ -151,6 +179,59 @@ async def _report(args: argparse.Namespace, settings: Settings) -> int:
         sys.stdout.write(report.to_csv())
     else:
         print(text_report(report))
+    return 0
+
+
+AUDIT_COLUMNS = ("id", "at", "actor", "action", "subject", "slack_request", "detail")
+
+
+async def _export_audit(
+    settings: Settings, *, since: datetime | None, csv_out: bool, json_out: bool
+) -> int:
+    """Print the audit trail, oldest first, paged so any size streams in bounded memory."""
+    import csv
+    import json
+
+    from bot.storage.db import Database, json_dumps
+    from bot.storage.migrate import upgrade
+
+    if settings.auto_migrate:
+        await upgrade(settings.database_url)
+    database = Database(settings.database_url)
+    writer = csv.writer(sys.stdout, lineterminator="\n") if csv_out else None
+    if writer is not None:
+        writer.writerow(AUDIT_COLUMNS)
+    try:
+        after = 0
+        while True:
+            async with database.uow() as uow:
+                events = await uow.audit.since(since, after_id=after, limit=1000)
+            if not events:
+                break
+            for event in events:
+                row = {
+                    "id": event.id,
+                    "at": event.at.isoformat(),
+                    "actor": event.actor,
+                    "action": event.action,
+                    "subject": event.subject,
+                    "slack_request": event.slack_request,
+                    "detail": dict(event.detail),
+                }
+                if json_out:
+                    print(json_dumps(row))
+                elif writer is not None:
+                    writer.writerow([*(row[c] for c in AUDIT_COLUMNS[:-1]),
+                                     json.dumps(row["detail"], ensure_ascii=False)])  # fmt: skip
+                else:
+                    print(
+                        f"{row['at']}  {event.actor}  {event.action}  {event.subject}  "
+                        f"{json.dumps(row['detail'], ensure_ascii=False)}"
+                        + (f"  ({event.slack_request})" if event.slack_request else "")
+                    )
+                after = event.id or after
+    finally:
+        await database.dispose()
     return 0
 
 

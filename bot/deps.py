@@ -12,6 +12,8 @@ from bot.domain.ports import BillingProvider, LLMClient, MessageDelivery, Ticket
 from bot.domain.records import Store
 from bot.inflight import InFlight
 from bot.metrics import Metrics
+from bot.services.access import AccessService
+from bot.services.approvals import ApprovalService
 from bot.services.jobs import Scheduler
 from bot.services.lookup import LookupService
 from bot.settings import Settings
@@ -63,6 +65,10 @@ class Deps:
     llm_deadline: float = 8.0
     #: Zendesk (or the sandbox's Zendesk); None when tickets are not configured.
     tickets: TicketSource | None = None
+    #: VIEWERS, REQUESTERS and FINANCE_APPROVERS checks (user groups cached ≤ 60 s).
+    access: AccessService = field(default_factory=lambda: AccessService(None))
+    #: Refund and credit requests (None only in tests that build a bare container).
+    approvals: ApprovalService | None = None
 
     async def aclose(self) -> None:
         """Close provider clients, the LLM client and the database."""

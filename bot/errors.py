@@ -142,3 +142,38 @@ class LLMUnavailable(BotError):
     def __init__(self, reason: str) -> None:
         super().__init__(f"AI wording unavailable ({reason})")
         self.reason = reason
+
+
+class ProviderOutcomeUnknown(ProviderError):
+    """A write whose outcome we did not see: a timeout, a connection reset after the request may
+    have been sent, a 5xx (or a replayed 5xx), or the provider saying the original request with
+    this key is still in flight. Never "failed": retry later with the SAME idempotency key, or
+    look for the effect (`BillingWriter.find_write`)."""
+
+    code = "provider_outcome_unknown"
+
+
+class ProviderIdempotencyConflict(ProviderError):
+    """The idempotency key was used before with a different body (Stripe 400
+    `idempotency_error`, Orb or Metronome 409 on a different payload). A bug: the request changed
+    after approval. Never work around it with a new key."""
+
+    code = "provider_idempotency_conflict"
+
+
+class RequestRefused(UserError):
+    """A refund or credit request that cannot be made as asked (amount above what is left, a
+    payment of another customer, a missing reason, …). `why` is a stable short code for the
+    audit log; the message says what was wrong and how to fix it. Nothing was stored."""
+
+    code = "request_refused"
+
+    def __init__(self, why: str, message: str) -> None:
+        super().__init__(message)
+        self.why = why
+
+
+class AccessDenied(UserError):
+    """The user is not allowed to do this (VIEWERS, REQUESTERS, FINANCE_APPROVERS)."""
+
+    code = "access_denied"

@@ -39,7 +39,15 @@ class Settings(BaseSettings):
     requesters: str = ""
     viewers: str = ""
     dual_approval_above: Decimal = Decimal("1000")
-    request_ttl_hours: int = 48
+    #: Per-currency thresholds overriding DUAL_APPROVAL_ABOVE: `jpy=150000,eur=900`.
+    dual_approval_above_by_currency: str = ""
+    #: Hours; fractions allowed (`0.5` = 30 minutes).
+    request_ttl_hours: float = 48
+    #: How often the approvals job (expiry, then the reconciler) runs inside serve/socket.
+    approvals_reconcile_seconds: float = Field(default=60.0, gt=0, le=3600)
+    #: How long an executor holds a request between renewals before another replica's
+    #: reconciler may take it over (a crashed process's request waits at most this long).
+    approvals_lease_seconds: float = Field(default=30.0, gt=0, le=600)
 
     stripe_api_key: SecretStr | None = None
     stripe_api_base: str = "https://api.stripe.com"
@@ -109,9 +117,15 @@ class Settings(BaseSettings):
 
     @field_validator("request_ttl_hours")
     @classmethod
-    def _positive_ttl(cls, value: int) -> int:
-        if value <= 0:
+    def _positive_ttl(cls, value: float) -> float:
+        if not value > 0 or value != value or value == float("inf"):
             raise ValueError("must be a positive number of hours")
+        return value
+
+    @field_validator("dual_approval_above_by_currency")
+    @classmethod
+    def _per_currency(cls, value: str) -> str:
+        _currency_thresholds(value)  # raises ValueError naming the bad item
         return value
 
     @field_validator("scan_interval_minutes")
@@ -208,6 +222,11 @@ class Settings(BaseSettings):
         return frozenset(_split(self.requesters))
 
     @property
+    def dual_approval_thresholds(self) -> dict[str, Decimal]:
+        """DUAL_APPROVAL_ABOVE_BY_CURRENCY as currency (lowercase) → threshold in major units."""
+        return _currency_thresholds(self.dual_approval_above_by_currency)
+
+    @property
     def viewer_set(self) -> frozenset[str]:
         """VIEWERS as a set; empty means everyone in the workspace."""
         return frozenset(_split(self.viewers))
@@ -286,6 +305,24 @@ class Settings(BaseSettings):
                 msg = str(err["msg"]).removeprefix("Value error, ")
                 lines.append(f"{name}: {msg}")
             raise ConfigError("\n".join(lines)) from None
+
+
+def _currency_thresholds(value: str) -> dict[str, Decimal]:
+    """`jpy=150000, eur=900` → {"jpy": 150000, "eur": 900}; ValueError on a bad item."""
+    thresholds: dict[str, Decimal] = {}
+    for item in _split(value):
+        code, sep, amount = item.partition("=")
+        code = code.strip().lower()
+        if not sep or not re.match(r"^[a-z]{3}$", code):
+            raise ValueError(f"must be CUR=AMOUNT items like jpy=150000,eur=900; not {item!r}")
+        try:
+            dec = Decimal(amount.strip().replace(",", "").replace("_", ""))
+        except InvalidOperation:
+            raise ValueError(f"{item!r}: {amount.strip()!r} is not an amount") from None
+        if not dec.is_finite() or dec < 0:
+            raise ValueError(f"{item!r}: the amount must be non-negative")
+        thresholds[code] = dec
+    return thresholds
 
 
 def _split(value: str) -> list[str]:

@@ -9,13 +9,25 @@ from __future__ import annotations
 from slack_bolt.async_app import AsyncApp
 
 from bot.deps import Deps
-from handlers import commands, errors, explain, mentions, middleware, report, zendesk
+from handlers import (
+    access,
+    approvals,
+    commands,
+    errors,
+    explain,
+    mentions,
+    middleware,
+    report,
+    zendesk,
+)
 
 
 def register_all(app: AsyncApp, deps: Deps) -> None:
     """Register middleware, listeners and the error handler on `app`."""
     middleware.register(app, deps)
+    access.register(app, deps)
     commands.register(app, deps)
+    approvals.register(app, deps)
     explain.register(app, deps)
     mentions.register(app, deps)
     zendesk.register(app, deps)

@@ -10,9 +10,11 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.deps import Deps
 from bot.domain.commands import parse_command
-from bot.errors import BotError
+from bot.errors import BotError, UsageError
 from handlers import views
-from handlers.dispatch import answer, quick_answer
+from handlers.access import slack_request_id
+from handlers.caller import Caller
+from handlers.dispatch import READ_ONLY, answer, quick_answer
 from handlers.errors import after_ack, note
 
 log = logging.getLogger("handlers.commands")
@@ -50,9 +52,14 @@ def register(app: AsyncApp, deps: Deps) -> None:
                 await respond(text=reply.text, blocks=reply.blocks, response_type="ephemeral")
                 context["progress_posted"] = True
 
-            reply = await answer(
-                cmd, deps, command_text=text, progress=progress, user=command.get("user_id")
+            caller = Caller(
+                user_id=str(command.get("user_id") or ""),
+                slack_request=slack_request_id(body),
+                trigger_id=str(command.get("trigger_id") or "") or None,
+                response_url=str(command.get("response_url") or "") or None,
+                client=client,
             )
+            reply = await answer(cmd, deps, command_text=text, progress=progress, caller=caller)
             await respond(
                 text=reply.text,
                 blocks=reply.render_blocks(),
@@ -76,8 +83,13 @@ def register(app: AsyncApp, deps: Deps) -> None:
         async def work() -> None:
             text = views.command_of(action)
             cmd = parse_command(text)
+            if not isinstance(cmd, READ_ONLY):
+                # Only lookups are re-run and posted; anything that changes something is not
+                # shared, whatever the button says. The clicker's own access was checked.
+                raise UsageError("Only lookups can be shared in the channel.")
+            caller = Caller(str((body.get("user") or {}).get("id") or ""), slack_request_id(body))
             reply = quick_answer(cmd, deps) or await answer(
-                cmd, deps, command_text=text, source="button"
+                cmd, deps, command_text=text, caller=caller
             )
             await respond(
                 text=reply.text,

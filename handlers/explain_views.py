@@ -26,6 +26,7 @@ from bot.services.explain import (
 )
 from bot.services.wording import Wording
 from handlers.account_views import fmt_date
+from handlers.approval_views import request_button
 from handlers.views import (
     MAX_SECTION,
     Block,
@@ -233,13 +234,18 @@ def _plain_summary(explanation: Explanation, title: str) -> str:
 
 
 def refund_request_buttons(result: DraftResult) -> list[Block]:
-    """Placeholder for the approvals work: a "Request refund" button prefilled from
-    `result.refund_suggestion` (the duplicate charge's payment, amount and reason) goes here.
-
-    Returns no buttons until refund requests exist; the draft view already makes room for them.
-    """
-    del result  # used once the approvals work lands
-    return []
+    """A "Request refund" button (refunds go through Stripe, so only for an account with a
+    Stripe customer), prefilled from `result.refund_suggestion` (the duplicate charge's
+    payment, amount and reason) when there is one."""
+    account = result.snapshot.account
+    stripe = account.customer_ids.get("stripe")
+    if not stripe:
+        return []
+    target = account.account_id or stripe
+    suggestion = result.refund_suggestion
+    if suggestion is None:
+        return [request_button(target, None, None, "")]
+    return [request_button(target, suggestion.payment_id, suggestion.amount, suggestion.reason)]
 
 
 def draft_view(result: DraftResult, *, regenerate: str, sandbox: bool = False) -> Reply:

@@ -8,7 +8,15 @@ from slack_bolt.async_app import AsyncApp, AsyncSay
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.deps import Deps
-from bot.domain.commands import DraftCommand, TicketCommand, parse_mention
+from bot.domain.commands import (
+    CreditCommand,
+    DraftCommand,
+    RefundCommand,
+    TicketCommand,
+    parse_mention,
+)
+from handlers.access import slack_request_id
+from handlers.caller import Caller
 from handlers.dispatch import answer, quick_answer
 from handlers.errors import after_ack
 
@@ -30,16 +38,13 @@ def register(app: AsyncApp, deps: Deps) -> None:
         async def work() -> None:
             thread = event.get("thread_ts") or event.get("ts")
             cmd = parse_mention(event.get("text") or "", bot_user_id=context.get("bot_user_id"))
+            caller = Caller(str(event.get("user") or ""), slack_request_id(body), origin="mention")
             reply = quick_answer(cmd, deps) or await answer(
-                cmd,
-                deps,
-                command_text=event.get("text") or "",
-                source="mention",
-                user=event.get("user"),
+                cmd, deps, command_text=event.get("text") or "", caller=caller
             )
-            if isinstance(cmd, (DraftCommand, TicketCommand)):
-                # A draft (a ticket's too) is for the engineer only, even when asked for in a
-                # channel.
+            if isinstance(cmd, (DraftCommand, RefundCommand, CreditCommand, TicketCommand)):
+                # A draft (a ticket triage holds one too) or a request confirmation is for the
+                # asker only, even in a channel.
                 await client.chat_postEphemeral(
                     channel=event["channel"],
                     user=event["user"],

@@ -4,6 +4,20 @@ deadline per request, per-provider concurrency limits, and translation into `Pro
 Retry rules (STYLE point 9): only transient failures (connection errors, timeouts, 429, 5xx,
 malformed bodies) and only for idempotent requests — reads, or writes that carry an idempotency
 key. A provider hook may veto or force a retry from its own headers (`Stripe-Should-Retry`).
+
+Writes (`write=True`: refunds and credits) must carry an idempotency key and every retry sends
+the same key. When the policy gives up on a write, what the caller learns depends on whether any
+attempt may have reached the provider:
+
+- an attempt that timed out after connecting, lost its connection, got a 5xx, a 409 "still in
+  flight" or an unreadable 2xx body may have been executed: `ProviderOutcomeUnknown`, never
+  "failed" (the caller retries later with the same key, or looks for the effect);
+- only when no attempt can have been executed (never connected: `httpx.ConnectError`,
+  `ConnectTimeout`, `PoolTimeout`; or refused before execution with 429) is it
+  `ProviderUnavailable` / `ProviderRateLimited`: nothing happened.
+
+A provider's `classify` hook names write failures our error tree cannot tell from the status
+alone, such as Stripe's 400 `idempotency_error` (`ProviderIdempotencyConflict`).
 """
 
 from __future__ import annotations
@@ -18,6 +32,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
@@ -27,6 +42,7 @@ from bot.errors import (
     ProviderBadResponse,
     ProviderError,
     ProviderNotFound,
+    ProviderOutcomeUnknown,
     ProviderRateLimited,
     ProviderRequestError,
     ProviderUnavailable,
@@ -57,10 +73,19 @@ class RetryPolicy:
 RetryHook = Callable[[httpx.Response], bool | None]
 #: Hook turning an error response body into a short, safe message (no secrets, no PII).
 ErrorParser = Callable[[httpx.Response], str]
+#: Hook naming the error class of a failed response when the status alone does not say it
+#: (e.g. Stripe's 400 `idempotency_error`); None for the default mapping.
+ErrorClassifier = Callable[[httpx.Response], type[ProviderError] | None]
+
+#: Transport errors raised before a request could be sent: the provider never saw it.
+_NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
 class Transient(Exception):
-    """An attempt failed in a way that may succeed on retry (`retry_after`: the server's hint)."""
+    """An attempt failed in a way that may succeed on retry (`retry_after`: the server's hint).
+
+    `sent` is False only when the provider certainly did not act on the attempt (it was never
+    sent, or refused before execution); anything else counts as possibly executed."""
 
     def __init__(
         self,
@@ -68,13 +93,24 @@ class Transient(Exception):
         *,
         response: httpx.Response | None = None,
         retry_after: float | None = None,
+        sent: bool = True,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.response = response
         self.retry_after = retry_after
+        self.sent = sent
         if retry_after is None and response is not None:
             self.retry_after = retry_after_seconds(response)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpAnswer:
+    """A successful response: the decoded JSON body, the status and the headers."""
+
+    status: int
+    body: Any
+    headers: httpx.Headers
 
 
 _Transient = Transient  # the name used inside this module
@@ -113,7 +149,7 @@ async def call_with_policy(
     async def bounded() -> T:
         remaining = budget - (time.monotonic() - started)
         if remaining <= 0:
-            raise Transient("deadline exceeded")
+            raise Transient("deadline exceeded", sent=False)
         try:
             async with asyncio.timeout(remaining):
                 return await attempt()
@@ -138,6 +174,24 @@ async def call_with_policy(
 def decode_json(content: bytes) -> Any:
     """Parse a provider body: JSON numbers with fractions become `Decimal`, never float."""
     return json.loads(content, parse_float=Decimal)
+
+
+def _json_number(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        if value == value.to_integral_value():
+            return int(value)
+        as_float = float(value)
+        # Money has at most a few decimals, which a float's shortest repr keeps exactly; refuse
+        # anything it would not, rather than send a different amount.
+        if Decimal(repr(as_float)) != value:
+            raise ValueError(f"{value} cannot be sent exactly as a JSON number")
+        return as_float
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def encode_json(body: Any) -> bytes:
+    """JSON bytes for a request body; `Decimal`s become exact JSON numbers."""
+    return json.dumps(body, default=_json_number, separators=(",", ":")).encode()
 
 
 def retry_after_seconds(response: httpx.Response) -> float | None:
@@ -191,12 +245,14 @@ class ProviderHttp:
         transport: httpx.AsyncBaseTransport | None = None,
         retry_hook: RetryHook | None = None,
         error_parser: ErrorParser | None = None,
+        classify: ErrorClassifier | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
     ) -> None:
         self.provider = provider
         self.policy = policy or RetryPolicy()
         self._retry_hook = retry_hook
         self._error_parser = error_parser or default_error_message
+        self._classify = classify
         self._sleep = sleep
         self._limit = asyncio.Semaphore(self.policy.concurrency)
         p = self.policy
@@ -234,6 +290,41 @@ class ProviderHttp:
         True for GET and for requests with an `idempotency_key`; POST reads (Metronome) pass True.
         Raises a `ProviderError` subclass when the request fails for good.
         """
+        answer = await self.send(
+            method,
+            path,
+            params=params,
+            json_body=json_body,
+            form=form,
+            headers=headers,
+            idempotency_key=idempotency_key,
+            idempotent=idempotent,
+            deadline=deadline,
+        )
+        return answer.body
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Any = None,
+        json_body: Any = None,
+        form: Any = None,
+        headers: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+        idempotent: bool | None = None,
+        deadline: float | None = None,
+        write: bool = False,
+    ) -> HttpAnswer:
+        """Like `request`, returning the status and headers too.
+
+        `write=True` marks a request that moves money: it must carry `idempotency_key` (every
+        retry sends the same one), and when the policy gives up after an attempt that may have
+        been executed it raises `ProviderOutcomeUnknown` (module docstring).
+        """
+        if write and not idempotency_key:
+            raise ValueError("a write must carry an idempotency key")
         may_retry = (
             idempotent
             if idempotent is not None
@@ -242,20 +333,50 @@ class ProviderHttp:
         send_headers = dict(headers or {})
         if idempotency_key is not None:
             send_headers["Idempotency-Key"] = idempotency_key
+        content: bytes | None = None
+        if json_body is not None:
+            content = encode_json(json_body)
+            send_headers["Content-Type"] = "application/json"
+        elif isinstance(form, list | tuple):
+            # Pairs (Stripe's bracketed keys, in order); httpx takes only a mapping as `data`.
+            content = urlencode(list(form)).encode()
+            send_headers["Content-Type"] = "application/x-www-form-urlencoded"
+            form = None
         url = path.lstrip("/")
+        #: Whether some attempt may have been executed by the provider (writes only matter).
+        uncertain = False
 
-        async def attempt() -> Any:
+        async def attempt() -> HttpAnswer:
+            nonlocal uncertain
             try:
-                async with self._limit:
-                    self.calls += 1
-                    response = await self._client.request(
-                        method, url, params=params, json=json_body, data=form, headers=send_headers
-                    )
-            except httpx.TimeoutException as exc:
-                raise _Transient("timed out") from exc
-            except httpx.TransportError as exc:
-                raise _Transient("connection failed") from exc
-            return self._handle(response, may_retry=may_retry)
+                try:
+                    async with self._limit:
+                        self.calls += 1
+                        response = await self._client.request(
+                            method,
+                            url,
+                            params=params,
+                            content=content,
+                            data=form,
+                            headers=send_headers,
+                        )
+                except _NEVER_SENT as exc:
+                    timed_out = isinstance(exc, httpx.TimeoutException)
+                    raise _Transient(
+                        "timed out" if timed_out else "connection failed", sent=False
+                    ) from exc
+                except httpx.TimeoutException as exc:
+                    raise _Transient("timed out") from exc
+                except httpx.TransportError as exc:
+                    raise _Transient("connection failed") from exc
+                return self._handle(response, may_retry=may_retry, write=write)
+            except _Transient as exc:
+                uncertain = uncertain or exc.sent
+                raise
+            except asyncio.CancelledError:
+                # The deadline cancelled the attempt mid-flight: it may have been sent.
+                uncertain = True
+                raise
 
         try:
             return await call_with_policy(
@@ -268,28 +389,56 @@ class ProviderHttp:
             )
         except _Transient as exc:
             self.errors += 1
+            if write and (uncertain or exc.sent):
+                raise self._unknown(exc) from None
             raise self._give_up(exc) from None
         except ProviderError:
             self.errors += 1
             raise
 
-    def _handle(self, response: httpx.Response, *, may_retry: bool) -> Any:
+    def _handle(
+        self, response: httpx.Response, *, may_retry: bool, write: bool = False
+    ) -> HttpAnswer:
         status = response.status_code
         hook = self._retry_hook(response) if self._retry_hook else None
         if status < 300:
             try:
-                return decode_json(response.content) if response.content else None
+                body = decode_json(response.content) if response.content else None
+                return HttpAnswer(status=status, body=body, headers=response.headers)
             except ValueError:
                 if may_retry:
                     raise _Transient("malformed response", response=response) from None
+                if write:
+                    raise ProviderOutcomeUnknown(
+                        self.provider,
+                        f"{self._label()} sent an unreadable answer; the request may or may not "
+                        "have been applied",
+                        status=status,
+                    ) from None
                 raise ProviderBadResponse(
                     self.provider, f"{self._label()} sent a malformed response", status=status
                 ) from None
         if hook is True or (hook is None and (status == 429 or status >= 500)):
+            # A 429 is refused before anything runs; a 5xx or a 409 "in flight" may have run.
             raise _Transient(
-                "rate limited" if status == 429 else f"HTTP {status}", response=response
+                "rate limited" if status == 429 else f"HTTP {status}",
+                response=response,
+                sent=status != 429,
             )
         message = self._error_parser(response)
+        # Idempotency verdicts only mean something for writes; reads keep the plain mapping.
+        special = self._classify(response) if self._classify and write else None
+        if special is not None:
+            raise special(self.provider, message, status=status)
+        if write and status == 409:
+            # A conflict nobody classified (e.g. "still in flight" with retries vetoed): the
+            # original request with this key may yet be applied.
+            raise ProviderOutcomeUnknown(
+                self.provider,
+                f"{self._label()} is still handling an earlier request with this key; it may "
+                "or may not be applied",
+                status=status,
+            )
         if status in (401, 403):
             raise ProviderAuthError(
                 self.provider, f"{self._label()} rejected our credentials", status=status
@@ -301,10 +450,35 @@ class ProviderHttp:
                 self.provider, f"{self._label()} is rate limiting us", status=429
             )
         if status >= 500:
+            if write:
+                # A write the provider failed (or told us not to retry): it may have run.
+                raise ProviderOutcomeUnknown(
+                    self.provider,
+                    f"{self._label()} failed while handling the request (HTTP {status}); "
+                    "it may or may not have been applied",
+                    status=status,
+                )
             raise ProviderUnavailable(
                 self.provider, f"{self._label()} is unavailable", status=status
             )
         raise ProviderRequestError(self.provider, message, status=status)
+
+    def _unknown(self, exc: _Transient) -> ProviderOutcomeUnknown:
+        status = exc.response.status_code if exc.response is not None else None
+        what = {
+            "timed out": "timed out",
+            "deadline exceeded": "timed out",
+            "connection failed": "dropped the connection",
+            "malformed response": "sent an unreadable answer",
+            "rate limited": "kept rate limiting us",
+        }.get(exc.reason, f"kept failing ({exc.reason})")
+        if status == 409:
+            what = "kept answering that the original request is still in flight"
+        return ProviderOutcomeUnknown(
+            self.provider,
+            f"{self._label()} {what}; the request may or may not have been applied",
+            status=status,
+        )
 
     def _give_up(self, exc: _Transient) -> ProviderError:
         status = exc.response.status_code if exc.response is not None else None

@@ -27,6 +27,16 @@ None; `balance_applied` is unused):
   Metronome's. Should they not reconcile, one "other adjustments" line carries the difference so
   the explanation sees it rather than silently losing it.
 
+Writes (`BillingWriter`, after approval only; notes/providers.md §3.4, §5): a credit is a
+customer credit (`POST /v1/contracts/customerCredits/create`) in USD cents, the default fiat
+credit type, on the configured `credit_product_id` or else the first credit (then commit)
+product of the customer's contracts. It carries the idempotency key twice: as `Idempotency-Key`
+(Metronome replays the cached answer, 409 when the key comes back with other parameters) and as
+`uniqueness_key` (409 "already used" when a credit with it exists: we read that credit back with
+`customerCredits/list` and return it as replayed). The access schedule starts at midnight UTC of
+the day of the call and lasts `CREDIT_ACCESS_DAYS`; a retry on a later day sends another body, so
+its 409 is resolved by the same read-back. Metronome has no money-back refund.
+
 `CustomerRecord.account_id` (our account ID) is the customer's `external_id` when it is set, is
 not the Metronome ID and is not an email; otherwise the first ingest alias that is not an email
 and not the Metronome ID; otherwise None. Metronome has no payments, refunds or disputes: those
@@ -59,10 +69,21 @@ from bot.domain.models import (
     Subscription,
     SubscriptionStatus,
     UsagePoint,
+    WriteKind,
+    WriteResult,
+    request_id_of_key,
 )
 from bot.domain.money import Money
-from bot.errors import ProviderBadResponse, ProviderError, ProviderNotFound, ProviderRequestError
+from bot.errors import (
+    ProviderBadResponse,
+    ProviderError,
+    ProviderIdempotencyConflict,
+    ProviderNotFound,
+    ProviderOutcomeUnknown,
+    ProviderRequestError,
+)
 from integrations.http import ProviderHttp, RetryPolicy
+from integrations.writes import check_write, logged_write, no_refunds
 
 log = logging.getLogger("integrations.metronome")
 
@@ -80,6 +101,16 @@ BALANCE_LIMIT = 25
 USAGE_CHUNK_DAYS = 36
 #: Safety stop for any cursor loop (a server that keeps answering a cursor would loop forever).
 MAX_PAGES = 50
+#: Largest page of `customerCredits/list` (spec: 1..25).
+CREDIT_LIMIT = 25
+#: Credits we grant are usable for a year from the day they are granted.
+CREDIT_ACCESS_DAYS = 365
+#: Lower priorities are drawn first: a goodwill credit is used before prepaid commits (which the
+#: sandbox and most contracts give 50–100), so the customer sees it on the next invoice.
+CREDIT_PRIORITY = 1
+#: The credit's `name` is printed on the customer's invoices; the caller's text goes into
+#: `description`, which Metronome shows only in its UI and API.
+CREDIT_NAME = "Account credit"
 
 # "USD (cents)", "EUR (cents)": a fiat credit type whose unit is the currency's hundredth.
 _FIAT_CREDIT_TYPE = re.compile(r"^(?P<cur>[A-Za-z]{3})\s*\((?P<unit>cents?)\)$")
@@ -105,6 +136,12 @@ def _retry_hook(response: httpx.Response) -> bool | None:
     return None
 
 
+def _classify(response: httpx.Response) -> type[ProviderError] | None:
+    """409: a reused `uniqueness_key`, or an `Idempotency-Key` reused with other parameters;
+    the writer tells them apart by reading the credit back."""
+    return ProviderIdempotencyConflict if response.status_code == 409 else None
+
+
 class MetronomeBillingProvider:
     """`BillingProvider` over Metronome's REST API (customers, contracts, invoices, balances,
     usage)."""
@@ -121,6 +158,7 @@ class MetronomeBillingProvider:
         usage_days: int = 35,
         invoice_days: int = INVOICE_HISTORY_DAYS,
         clock: Callable[[], datetime] | None = None,
+        credit_product_id: str | None = None,
     ) -> None:
         token = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
         self._http = ProviderHttp(
@@ -131,7 +169,10 @@ class MetronomeBillingProvider:
             transport=transport,
             retry_hook=_retry_hook,
             error_parser=_error_message,
+            classify=_classify,
         )
+        #: The product credits are granted on, when the deployment configures one.
+        self._credit_product_id = credit_product_id
         self._usage_days = max(1, usage_days)
         self._invoice_days = max(1, invoice_days)
         # The sandbox world has its own "now"; production passes nothing and uses the wall clock.
@@ -317,6 +358,176 @@ class MetronomeBillingProvider:
                 break
             query = {**params, "next_page": cursor}
         return items
+
+    # --- writes (BillingWriter, after approval only) -----------------------------------------
+
+    async def refund_payment(
+        self,
+        *,
+        customer: CustomerRecord,
+        payment_id: str,
+        amount: Money,
+        request_id: str,
+        idempotency_key: str,
+        reason: str | None = None,
+    ) -> WriteResult:
+        """Metronome cannot move money back: always `ProviderRequestError` (refund through
+        Stripe)."""
+        check_write(request_id=request_id, idempotency_key=idempotency_key, amount=amount)
+
+        async def run() -> WriteResult:
+            raise no_refunds("metronome", "Metronome")
+
+        return await logged_write(
+            "metronome", "refund", request_id=request_id, idempotency_key=idempotency_key, run=run
+        )
+
+    async def grant_credit(
+        self,
+        *,
+        customer: CustomerRecord,
+        amount: Money,
+        request_id: str,
+        idempotency_key: str,
+        description: str,
+    ) -> WriteResult:
+        """Grant `amount` as a customer credit (module docstring): `uniqueness_key` and
+        `Idempotency-Key` are both `idempotency_key`; a credit that already exists for it is
+        returned with `replayed=True`."""
+        check_write(request_id=request_id, idempotency_key=idempotency_key, amount=amount)
+
+        async def run() -> WriteResult:
+            if amount.currency != "usd":
+                raise ProviderRequestError(
+                    "metronome",
+                    "Billing Triage grants Metronome credits in USD (Metronome's default credit "
+                    f"type); a credit in {amount.currency.upper()} is not supported",
+                )
+            cid = customer.customer_id
+            product_id = self._credit_product_id or await self._credit_product(cid)
+            start = _midnight(self._clock())
+            body = {
+                "customer_id": cid,
+                "product_id": product_id,
+                "priority": CREDIT_PRIORITY,
+                "name": CREDIT_NAME,
+                "description": description,
+                "access_schedule": {
+                    "schedule_items": [
+                        {
+                            "amount": amount.amount.scaleb(2),  # USD cents
+                            "starting_at": _rfc3339(start),
+                            "ending_before": _rfc3339(start + timedelta(days=CREDIT_ACCESS_DAYS)),
+                        }
+                    ]
+                },
+                "uniqueness_key": idempotency_key,
+            }
+            try:
+                answer = await self._http.send(
+                    "POST",
+                    "v1/contracts/customerCredits/create",
+                    json_body=body,
+                    idempotency_key=idempotency_key,
+                    write=True,
+                )
+            except ProviderIdempotencyConflict:
+                return await self._already_granted(cid, idempotency_key, request_id, amount)
+            try:
+                credit_id = str(_wrapped_object(answer.body, "credit")["id"])
+            except (KeyError, ProviderBadResponse) as exc:
+                raise ProviderOutcomeUnknown(
+                    "metronome", "Metronome answered the credit with a body we could not read"
+                ) from exc
+            return WriteResult(
+                provider="metronome",
+                kind="credit",
+                object_id=credit_id,
+                amount=amount,
+                status="created",
+                request_id=request_id,
+                raw=answer.body,
+            )
+
+        return await logged_write(
+            "metronome", "credit", request_id=request_id, idempotency_key=idempotency_key, run=run
+        )
+
+    async def find_write(
+        self,
+        *,
+        customer: CustomerRecord,
+        kind: WriteKind,
+        request_id: str,
+        payment_id: str | None = None,
+    ) -> WriteResult | None:
+        """The customer credit whose `uniqueness_key` is one of `request_id`'s keys
+        (`bt:{request_id}:…`), else None. Metronome makes no refunds: None."""
+        if kind == "refund":
+            return None
+        for credit in await self._list_credits(customer.customer_id):
+            key = credit.get("uniqueness_key")
+            if isinstance(key, str) and request_id_of_key(key) == request_id:
+                return _credit_result(credit, request_id)
+        return None
+
+    async def _already_granted(
+        self, customer_id: str, idempotency_key: str, request_id: str, amount: Money
+    ) -> WriteResult:
+        """After a 409: the credit made with this key, if it exists and is this credit."""
+        for credit in await self._list_credits(customer_id):
+            if credit.get("uniqueness_key") == idempotency_key:
+                found = _credit_result(credit, request_id)
+                if found.amount != amount:
+                    raise ProviderIdempotencyConflict(
+                        "metronome",
+                        f"the key {idempotency_key} already granted a credit of "
+                        f"{found.amount.format()}, not {amount.format()}",
+                        status=409,
+                    )
+                return found
+        raise ProviderIdempotencyConflict(
+            "metronome",
+            f"Metronome refused the key {idempotency_key} as used before with other parameters",
+            status=409,
+        )
+
+    async def _list_credits(self, customer_id: str) -> list[Mapping[str, Any]]:
+        """Every customer credit (archived too: it was made), paging with the body cursor."""
+        items: list[Mapping[str, Any]] = []
+        body: dict[str, Any] = {
+            "customer_id": customer_id,
+            "include_archived": True,
+            "limit": CREDIT_LIMIT,
+        }
+        for _ in range(MAX_PAGES):
+            page = await self._http.request(
+                "POST", "v1/contracts/customerCredits/list", json_body=body, idempotent=True
+            )
+            data, cursor = _page(page)
+            items.extend(data)
+            if not cursor:
+                break
+            body = {**body, "next_page": cursor}
+        return items
+
+    async def _credit_product(self, customer_id: str) -> str:
+        """The product to grant a credit on: the first credit product of the customer's
+        contracts, else the first commit product (deterministic, so a retry sends the same
+        body)."""
+        contracts = [c for c in await self._list_contracts(customer_id) if not c.get("archived_at")]
+        for key in ("credits", "commits"):
+            for contract in contracts:
+                for part in ("current", "initial"):
+                    for item in _arr(_obj(contract.get(part)).get(key)):
+                        product_id = _obj(_obj(item).get("product")).get("id")
+                        if isinstance(product_id, str) and product_id:
+                            return product_id
+        raise ProviderRequestError(
+            "metronome",
+            "this customer's Metronome contracts have no credit or commit product to grant a "
+            "credit on; configure a credit product for Billing Triage",
+        )
 
 
 # --- helpers: concurrency and envelopes -------------------------------------------------------
@@ -863,6 +1074,30 @@ def _balance(raw: Mapping[str, Any], now: datetime) -> CreditBalance | None:
         name=str(name) if name else None,
         expires_at=expires,
         raw=raw,
+    )
+
+
+def _credit_result(credit: Mapping[str, Any], request_id: str) -> WriteResult:
+    """A credit found in `customerCredits/list` as a `WriteResult` (it already existed)."""
+    schedule = _obj(credit.get("access_schedule"))
+    credit_type = schedule.get("credit_type")
+    currency = "usd" if credit_type is None else (fiat_currency(credit_type) or "usd")
+    cents = sum(
+        (
+            _dec(_obj(item).get("amount")) or Decimal(0)
+            for item in _arr(schedule.get("schedule_items"))
+        ),
+        Decimal(0),
+    )
+    return WriteResult(
+        provider="metronome",
+        kind="credit",
+        object_id=str(credit.get("id") or ""),
+        amount=Money(cents.scaleb(-2), currency),
+        status="archived" if credit.get("archived_at") else "created",
+        request_id=request_id,
+        replayed=True,
+        raw=credit,
     )
 
 

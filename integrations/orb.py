@@ -25,6 +25,17 @@ Amounts on `Invoice` (so that `sum(line.amount) == subtotal` and
   (already billed on an earlier partial invoice, so prepaid like credits);
 - `total` is Orb's `total`, which already nets credits; `balance_applied` is `total - amount_due`
   (Orb applies the customer balance between the two: positive = the balance reduced what is due).
+
+Writes (`BillingWriter`, after approval only; notes/providers.md §2.4, §5): a credit is a credit
+ledger `increment` (`POST /customers/{id}/credits/ledger_entry`, answered 201 with the entry) with
+`Idempotency-Key` and `metadata.request_id`. Orb has no money-back refund: `refund_payment`
+refuses, refunds go through Stripe. Units: a ledger amount is in the unit named by `currency`,
+which may be a custom pricing unit ("credits") rather than money. We always send the customer's
+invoicing currency (Orb requires a real currency to match it), so the increment is money in that
+currency; a customer without an invoicing currency is refused rather than credited in a unit we
+cannot name. Orb replays a key with `Idempotent-Replayed: true`, and answers 409
+`resource_conflict` while the original is in flight (retried with the same key) or when the key
+comes back with another payload (`ProviderIdempotencyConflict`).
 """
 
 from __future__ import annotations
@@ -56,15 +67,20 @@ from bot.domain.models import (
     Subscription,
     SubscriptionStatus,
     UsagePoint,
+    WriteKind,
+    WriteResult,
 )
 from bot.domain.money import Money
 from bot.errors import (
     ProviderBadResponse,
     ProviderError,
+    ProviderIdempotencyConflict,
     ProviderNotFound,
+    ProviderOutcomeUnknown,
     ProviderRequestError,
 )
-from integrations.http import ProviderHttp, RetryPolicy
+from integrations.http import HttpAnswer, ProviderHttp, RetryPolicy
+from integrations.writes import check_write, logged_write, no_refunds
 
 DEFAULT_BASE_URL: Final = "https://api.withorb.com/v1"
 #: Orb's maximum page size for the list endpoints we use (spec: `limit` ≤ 100).
@@ -95,6 +111,14 @@ def orb_retry_hook(response: httpx.Response) -> bool | None:
         return True
     if status == 409:
         return True if any(h in _error_text(response).lower() for h in _IN_FLIGHT_HINTS) else None
+    return None
+
+
+def orb_classify(response: httpx.Response) -> type[ProviderError] | None:
+    """A 409 that is not "still in flight" (those are retried) means the idempotency key came
+    back with a different payload."""
+    if response.status_code == 409:
+        return ProviderIdempotencyConflict
     return None
 
 
@@ -168,6 +192,7 @@ class OrbBillingProvider:
             transport=transport,
             retry_hook=orb_retry_hook,
             error_parser=orb_error_message,
+            classify=orb_classify,
         )
 
     @property
@@ -200,6 +225,98 @@ class OrbBillingProvider:
                 raise ProviderRequestError("orb", exc.message, status=404) from None
             return []
         return [self._customer(_obj(body, "customer"))]
+
+    # -- writes (BillingWriter, after approval only) --
+
+    async def refund_payment(
+        self,
+        *,
+        customer: CustomerRecord,
+        payment_id: str,
+        amount: Money,
+        request_id: str,
+        idempotency_key: str,
+        reason: str | None = None,
+    ) -> WriteResult:
+        """Orb cannot move money back: always `ProviderRequestError` (refund through Stripe)."""
+        check_write(request_id=request_id, idempotency_key=idempotency_key, amount=amount)
+
+        async def run() -> WriteResult:
+            raise no_refunds("orb", "Orb")
+
+        return await logged_write(
+            "orb", "refund", request_id=request_id, idempotency_key=idempotency_key, run=run
+        )
+
+    async def grant_credit(
+        self,
+        *,
+        customer: CustomerRecord,
+        amount: Money,
+        request_id: str,
+        idempotency_key: str,
+        description: str,
+    ) -> WriteResult:
+        """Add `amount` to the customer's credits: a ledger `increment` in the customer's
+        invoicing currency (a new credit block, never expiring), `metadata.request_id` set."""
+        check_write(request_id=request_id, idempotency_key=idempotency_key, amount=amount)
+
+        async def run() -> WriteResult:
+            if not customer.currency:
+                raise ProviderRequestError(
+                    "orb",
+                    "this Orb customer has no invoicing currency, so Orb would count the credit "
+                    "in its own credit unit rather than money; set the customer's currency first",
+                )
+            if customer.currency != amount.currency:
+                raise ProviderRequestError(
+                    "orb",
+                    f"this Orb customer is invoiced in {customer.currency.upper()}; a credit in "
+                    f"{amount.currency.upper()} cannot be added",
+                )
+            body = {
+                "entry_type": "increment",
+                "amount": amount.amount,
+                "currency": amount.currency.upper(),
+                "description": description,
+                "metadata": {"request_id": request_id},
+            }
+            answer = await self._http.send(
+                "POST",
+                f"customers/{_seg(customer.customer_id)}/credits/ledger_entry",
+                json_body=body,
+                idempotency_key=idempotency_key,
+                write=True,
+            )
+            return _ledger_result(answer, request_id)
+
+        return await logged_write(
+            "orb", "credit", request_id=request_id, idempotency_key=idempotency_key, run=run
+        )
+
+    async def find_write(
+        self,
+        *,
+        customer: CustomerRecord,
+        kind: WriteKind,
+        request_id: str,
+        payment_id: str | None = None,
+    ) -> WriteResult | None:
+        """The ledger increment whose `metadata.request_id` is `request_id` (the customer's
+        ledger in its invoicing currency, paged), else None. Orb makes no refunds: None."""
+        if kind == "refund":
+            return None
+        params: list[tuple[str, str]] = [("entry_type", "increment")]
+        if customer.currency:
+            params.append(("currency", customer.currency.upper()))
+        entries = await self._list_all(
+            f"customers/{_seg(customer.customer_id)}/credits/ledger", params, what="ledger"
+        )
+        mine = [e for e in entries if _map(e.get("metadata")).get("request_id") == request_id]
+        if not mine:
+            return None
+        found = HttpAnswer(status=200, body=mine[0], headers=httpx.Headers())
+        return dataclasses.replace(_ledger_result(found, request_id), replayed=True)
 
     # -- snapshot --
 
@@ -640,6 +757,36 @@ def _payments(raw: Mapping[str, Any], customer_id: str) -> list[Payment]:
             )
         )
     return out
+
+
+def _ledger_result(answer: HttpAnswer, request_id: str) -> WriteResult:
+    """A ledger entry as a `WriteResult`. An entry we cannot read may still have been made, so
+    that is an unknown outcome, not a failure."""
+    raw = answer.body
+    try:
+        if not isinstance(raw, Mapping) or not raw.get("id"):
+            raise KeyError("id")
+        currency = _currency(raw.get("currency"))
+        if currency is None:
+            raise KeyError("currency")
+        recorded = _map(raw.get("metadata")).get("request_id")
+        amount = Money(_dec(raw["amount"]) or Decimal(0), currency)
+        if amount.quantize().amount == amount.amount:
+            amount = amount.quantize()  # 25.5 on the wire is $25.50
+        return WriteResult(
+            provider="orb",
+            kind="credit",
+            object_id=str(raw["id"]),
+            amount=amount,
+            status=str(raw.get("entry_status") or "pending"),
+            request_id=str(recorded or request_id),
+            replayed=answer.headers.get("idempotent-replayed", "").lower() == "true",
+            raw=raw,
+        )
+    except (KeyError, TypeError, ValueError, InvalidOperation) as exc:
+        raise ProviderOutcomeUnknown(
+            "orb", "Orb answered the credit with a ledger entry we could not read"
+        ) from exc
 
 
 def _credit_block(raw: Mapping[str, Any], currency: str) -> CreditBalance:

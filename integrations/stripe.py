@@ -26,11 +26,22 @@ Invoice amounts (all in the invoice currency, minor units converted with `Money.
 
 The customer balance becomes a `CreditBalance(kind="customer_balance")` whose `remaining` is the
 credit (the negated Stripe balance: positive = credit owed to the customer, negative = debt).
+
+Writes (`BillingWriter`, after approval only; notes/providers.md §1.5, §5): a refund is
+`POST /v1/refunds` (`charge=` or `payment_intent=`, `amount` in minor units, `reason`,
+`metadata[request_id]`), a credit is a customer balance transaction with a negative `amount`
+(`POST /v1/customers/{id}/balance_transactions`), both with `Idempotency-Key`. Stripe replays the
+first answer for a key (including a 500; `Idempotent-Replayed: true`), answers 409 while the
+original is still running (retried with the same key) and 400 `idempotency_error` when the key
+comes back with other parameters (`ProviderIdempotencyConflict`). `find_write` looks for the
+effect: refunds of the payment, or balance transactions of the customer, whose
+`metadata[request_id]` is the request's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import time
@@ -60,10 +71,21 @@ from bot.domain.models import (
     Subscription,
     SubscriptionStatus,
     UsagePoint,
+    WriteKind,
+    WriteResult,
 )
 from bot.domain.money import Money, exponent
-from bot.errors import ProviderAuthError, ProviderBadResponse, ProviderError, ProviderNotFound
-from integrations.http import ProviderHttp, RetryPolicy
+from bot.errors import (
+    ProviderAuthError,
+    ProviderBadResponse,
+    ProviderError,
+    ProviderIdempotencyConflict,
+    ProviderNotFound,
+    ProviderOutcomeUnknown,
+    ProviderRequestError,
+)
+from integrations.http import HttpAnswer, ProviderHttp, RetryPolicy
+from integrations.writes import check_write, logged_write
 
 log = logging.getLogger("integrations.stripe")
 
@@ -111,6 +133,32 @@ def stripe_retry_hook(response: httpx.Response) -> bool | None:
     if response.status_code == 409:
         return True
     return None
+
+
+def stripe_classify(response: httpx.Response) -> type[ProviderError] | None:
+    """Stripe's 400 `idempotency_error`: the key was first used with other parameters."""
+    if response.status_code != 400:
+        return None
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    err = body.get("error") if isinstance(body, Mapping) else None
+    if isinstance(err, Mapping) and err.get("type") == "idempotency_error":
+        return ProviderIdempotencyConflict
+    return None
+
+
+#: Our free-text reasons that name one of Stripe's refund reasons; anything else is sent as
+#: `requested_by_customer`. (`fraudulent` also puts the card and email on Radar block lists, so
+#: only an explicit "fraudulent" maps to it.)
+_STRIPE_REASONS = frozenset({"duplicate", "fraudulent", "requested_by_customer"})
+
+
+def refund_reason(reason: str | None) -> str:
+    """Stripe's `reason` for our free-text reason."""
+    word = (reason or "").strip().lower().replace("-", "_").replace(" ", "_")
+    return word if word in _STRIPE_REASONS else "requested_by_customer"
 
 
 def redact_keys(text: str) -> str:
@@ -237,6 +285,7 @@ class StripeBillingProvider:
             transport=transport,
             retry_hook=stripe_retry_hook,
             error_parser=stripe_error_message,
+            classify=stripe_classify,
         )
         self._metadata_key = account_id_metadata_key
         self._usage_days = max(1, usage_days)
@@ -385,6 +434,214 @@ class StripeBillingProvider:
             dashboard_url=f"https://dashboard.stripe.com/{mode}customers/{raw['id']}",
             raw=raw,
         )
+
+    # -- payments the approval flow refunds ------------------------------------------------------
+
+    async def payment_for_invoice(self, invoice_id: str) -> str | None:
+        """The payment (`ch_…` or `pi_…`) that paid `invoice_id`, via
+        `GET /v1/invoice_payments?invoice=`; None when nothing has paid it. Raises
+        `ProviderNotFound` for an unknown invoice."""
+        payments = await self._list_all("v1/invoice_payments", [("invoice", invoice_id)])
+        paid = [p for p in payments if p.get("status") == "paid"]
+        paid.sort(key=lambda p: (not p.get("is_default"), -int(p.get("created") or 0)))
+        for payment in paid:
+            ref = _obj(payment.get("payment"))
+            found = _id_of(ref.get(str(ref.get("type")))) if ref.get("type") else None
+            if found and found.startswith(("ch_", "pi_")):
+                return found
+        return None
+
+    async def get_payment(self, payment_id: str) -> Payment:
+        """The charge `ch_…`, or the latest charge of the payment intent `pi_…`, with
+        `amount_refunded` (so `Payment.refundable` is what is left to refund). An intent with no
+        charge yet is returned as a pending payment of its own amount. Raises `ProviderNotFound`
+        for an unknown ID and ValueError for an ID that is neither."""
+        now = self._clock().astimezone(UTC)
+        mapper = _Mapper(prices={}, meters={}, products={}, now=now)
+        try:
+            if payment_id.startswith("ch_"):
+                raw = await self._get(f"v1/charges/{quote(payment_id, safe='')}")
+                return mapper.payment(raw, str(_id_of(raw.get("customer")) or ""), None)
+            if not payment_id.startswith("pi_"):
+                raise ValueError(f"{payment_id!r} is not a Stripe charge or payment intent")
+            intent = await self._get(
+                f"v1/payment_intents/{quote(payment_id, safe='')}", [("expand[]", "latest_charge")]
+            )
+            customer_id = str(_id_of(intent.get("customer")) or "")
+            latest = intent.get("latest_charge")
+            if isinstance(latest, dict):
+                return mapper.payment(latest, customer_id, None)
+            if isinstance(latest, str):
+                raw = await self._get(f"v1/charges/{quote(latest, safe='')}")
+                return mapper.payment(raw, customer_id, None)
+            currency = str(intent["currency"])
+            return Payment(
+                provider="stripe",
+                id=str(intent["id"]),
+                customer_id=customer_id,
+                amount=_money(intent.get("amount"), currency),
+                status=PaymentStatus.PENDING,
+                created_at=_dt(intent.get("created")) or now,
+                amount_refunded=Money.zero(currency),
+                payment_intent_id=str(intent["id"]),
+                raw=intent,
+            )
+        except (KeyError, TypeError, InvalidOperation) as exc:
+            raise ProviderBadResponse("stripe", "Stripe sent a payment we could not read") from exc
+
+    # -- writes (BillingWriter, after approval only) ---------------------------------------------
+
+    async def refund_payment(
+        self,
+        *,
+        customer: CustomerRecord,
+        payment_id: str,
+        amount: Money,
+        request_id: str,
+        idempotency_key: str,
+        reason: str | None = None,
+    ) -> WriteResult:
+        """Refund `amount` of the charge or payment intent `payment_id` of `customer`
+        (`POST /v1/refunds`, `Idempotency-Key`, `metadata[request_id]`).
+
+        The payment is read first: one of another customer, or in another currency, is refused
+        (`ProviderRequestError`) before anything is sent. What is left to refund is Stripe's to
+        judge (a retry after an unseen success must reach Stripe to be replayed), so an amount
+        above it comes back as Stripe's own `ProviderRequestError`."""
+        check_write(request_id=request_id, idempotency_key=idempotency_key, amount=amount)
+        if not payment_id.startswith(("ch_", "pi_")):
+            raise ValueError(f"{payment_id!r} is not a Stripe charge or payment intent")
+
+        async def run() -> WriteResult:
+            payment = await self.get_payment(payment_id)
+            if payment.customer_id and payment.customer_id != customer.customer_id:
+                raise ProviderRequestError(
+                    "stripe", f"{payment_id} belongs to another Stripe customer, not this account"
+                )
+            if payment.amount.currency != amount.currency:
+                raise ProviderRequestError(
+                    "stripe",
+                    f"{payment_id} was paid in {payment.amount.currency.upper()}; a refund in "
+                    f"{amount.currency.upper()} is not possible",
+                )
+            field = "charge" if payment_id.startswith("ch_") else "payment_intent"
+            form = [
+                (field, payment_id),
+                ("amount", str(amount.to_minor())),
+                ("reason", refund_reason(reason)),
+                ("metadata[request_id]", request_id),
+            ]
+            answer = await self._write("v1/refunds", form, idempotency_key)
+            return self._write_result(answer, "refund", request_id)
+
+        return await logged_write(
+            "stripe", "refund", request_id=request_id, idempotency_key=idempotency_key, run=run
+        )
+
+    async def grant_credit(
+        self,
+        *,
+        customer: CustomerRecord,
+        amount: Money,
+        request_id: str,
+        idempotency_key: str,
+        description: str,
+    ) -> WriteResult:
+        """Credit `amount` to the customer's Stripe balance (a balance transaction with a negative
+        amount, which reduces the next invoices); no money moves."""
+        check_write(request_id=request_id, idempotency_key=idempotency_key, amount=amount)
+
+        async def run() -> WriteResult:
+            if customer.currency and customer.currency.lower() != amount.currency:
+                raise ProviderRequestError(
+                    "stripe",
+                    f"this customer's Stripe balance is in {customer.currency.upper()}; a credit "
+                    f"in {amount.currency.upper()} cannot be applied to it",
+                )
+            form = [
+                ("amount", str(-amount.to_minor())),
+                ("currency", amount.currency),
+                ("description", description),
+                ("metadata[request_id]", request_id),
+            ]
+            path = f"v1/customers/{quote(customer.customer_id, safe='')}/balance_transactions"
+            answer = await self._write(path, form, idempotency_key)
+            return self._write_result(answer, "credit", request_id)
+
+        return await logged_write(
+            "stripe", "credit", request_id=request_id, idempotency_key=idempotency_key, run=run
+        )
+
+    async def find_write(
+        self,
+        *,
+        customer: CustomerRecord,
+        kind: WriteKind,
+        request_id: str,
+        payment_id: str | None = None,
+    ) -> WriteResult | None:
+        """The refund of `payment_id` (required for refunds: Stripe lists refunds by payment
+        only) or the balance transaction of `customer` whose `metadata[request_id]` is
+        `request_id`, else None."""
+        if kind == "refund":
+            if payment_id is None or not payment_id.startswith(("ch_", "pi_")):
+                raise ValueError("finding a Stripe refund needs its payment (ch_… or pi_…)")
+            field = "charge" if payment_id.startswith("ch_") else "payment_intent"
+            found = await self._list_all("v1/refunds", [(field, payment_id)])
+        else:
+            path = f"v1/customers/{quote(customer.customer_id, safe='')}/balance_transactions"
+            found = await self._list_all(path)
+        mine = sorted(
+            (o for o in found if _obj(o.get("metadata")).get("request_id") == request_id),
+            key=lambda o: int(o.get("created") or 0),
+        )
+        if not mine:
+            return None
+        if len(mine) > 1:
+            ids = ",".join(str(o["id"]) for o in mine)
+            log.error(
+                "several stripe objects carry one request ID",
+                extra={"request_id": request_id, "object_ids": ids},
+            )
+        answer = HttpAnswer(status=200, body=mine[0], headers=httpx.Headers())
+        return replace_replayed(self._write_result(answer, kind, request_id))
+
+    async def _write(
+        self, path: str, form: Sequence[tuple[str, str]], idempotency_key: str
+    ) -> HttpAnswer:
+        return await self._http.send(
+            "POST", path, form=list(form), idempotency_key=idempotency_key, write=True
+        )
+
+    def _write_result(self, answer: HttpAnswer, kind: WriteKind, request_id: str) -> WriteResult:
+        """A refund or balance transaction as a `WriteResult`; one we cannot read may still have
+        been made, so it is an unknown outcome, not a failure."""
+        raw = answer.body
+        try:
+            if not isinstance(raw, dict) or not str(raw.get("id") or ""):
+                raise KeyError("id")
+            currency = str(raw["currency"])
+            minor = int(raw["amount"])
+            if kind == "credit":
+                minor = -minor  # a credit is a negative balance transaction
+                status = "applied"  # balance transactions have no status: they apply at once
+            else:
+                status = str(raw.get("status") or "pending")
+            recorded = _obj(raw.get("metadata")).get("request_id")
+            return WriteResult(
+                provider="stripe",
+                kind=kind,
+                object_id=str(raw["id"]),
+                amount=Money.from_minor(minor, currency),
+                status=status,
+                request_id=str(recorded or request_id),
+                replayed=answer.headers.get("idempotent-replayed", "").lower() == "true",
+                raw=raw,
+            )
+        except (KeyError, TypeError, ValueError, InvalidOperation) as exc:
+            raise ProviderOutcomeUnknown(
+                "stripe", f"Stripe answered the {kind} with an object we could not read"
+            ) from exc
 
     # -- snapshot --------------------------------------------------------------------------------
 
@@ -674,6 +931,11 @@ class StripeBillingProvider:
 
 
 # --- mapping -------------------------------------------------------------------------------------
+
+
+def replace_replayed(result: WriteResult) -> WriteResult:
+    """`result` marked as found (it already existed)."""
+    return dataclasses.replace(result, replayed=True)
 
 
 def _list_data(page: Mapping[str, Any]) -> list[JSON]:

@@ -96,6 +96,7 @@ EMOJI = {
     "large_green_circle": "●", "large_blue_circle": "●", "red_circle": "●", "white_circle": "○",
     "rotating_light": "🚨", "white_check_mark": "✓", "robot_face": "🤖", "memo": "📝",
     "lock": "🔒", "mag": "🔍", "moneybag": "💰", "information_source": "ℹ",
+    "inbox_tray": "📥", "ballot_box_with_check": "☑", "no_entry": "⛔", "hourglass": "⌛",
 }  # fmt: skip
 _EMOJI_RE = re.compile(r":([a-z0-9_+\-]+):")
 
@@ -245,6 +246,9 @@ def _block_lines(block: Any, *, color: bool) -> list[str]:
             label += " (optional)"
         element = block.get("element") if isinstance(block.get("element"), dict) else {}
         initial = element.get("initial_value") if isinstance(element, dict) else None
+        option = element.get("initial_option") if isinstance(element, dict) else None
+        if not initial and isinstance(option, dict):
+            initial = _text_of(option.get("text"))
         lines = [f"{label}: {initial if initial else '____'}"]
         hint = _text_of(block.get("hint"))
         if hint:

@@ -61,6 +61,8 @@ class LocalSession:
         self.app: AsyncApp | None = None
         self._counter = 0
         self._last_buttons: list[tuple[str, str, str | None, dict[str, Any]]] = []
+        #: The modal opened or updated last (`:submit` fills and submits it).
+        self._last_view: dict[str, Any] | None = None
 
     async def __aenter__(self) -> LocalSession:
         await self.slack.start()
@@ -176,6 +178,62 @@ class LocalSession:
         response, calls = await self._dispatch(body, "application/x-www-form-urlencoded")
         return self._outcome(response, calls)
 
+    async def submit(self, values: dict[str, str]) -> Outcome:
+        """Submit the modal opened last, its inputs filled from `values` (block ID or label →
+        text; a select takes the value of the option whose value or text starts with it)."""
+        view = self._last_view
+        if view is None:
+            return Outcome("No form is open.", 2)
+        assert self.app is not None
+        state: dict[str, Any] = {}
+        for block in view.get("blocks") or []:
+            if not isinstance(block, dict) or block.get("type") != "input":
+                continue
+            element = block.get("element") or {}
+            block_id = str(block.get("block_id") or "")
+            name = str((block.get("label") or {}).get("text") or "").lower()
+            typed = values.get(block_id)
+            if typed is None:
+                typed = next((v for k, v in values.items() if name.startswith(k.lower())), None)
+            action_id = str(element.get("action_id") or "input")
+            if element.get("type") == "static_select":
+                options = element.get("options") or []
+                chosen = element.get("initial_option")
+                if typed is not None:
+                    chosen = next(
+                        (o for o in options if str(o.get("value", "")).startswith(typed)
+                         or str((o.get("text") or {}).get("text", "")).startswith(typed)),
+                        None,
+                    )  # fmt: skip
+                state[block_id] = {action_id: {"type": "static_select", "selected_option": chosen}}
+            else:
+                value = typed if typed is not None else element.get("initial_value")
+                state[block_id] = {action_id: {"type": "plain_text_input", "value": value}}
+        self._counter += 1
+        payload = {
+            "type": "view_submission",
+            "team": {"id": self.slack.team_id, "domain": "local"},
+            "user": {"id": self.user_id, "username": self.user_id.lower(),
+                     "team_id": self.slack.team_id},
+            "api_app_id": "A0LOCAL",
+            "token": "local",
+            "trigger_id": f"trigger.{self._counter}",
+            "view": {**view, "state": {"values": state}},
+        }  # fmt: skip
+        body = urlencode({"payload": json.dumps(payload)})
+        response, calls = await self._dispatch(body, "application/x-www-form-urlencoded")
+        outcome = self._outcome(response, calls)
+        if response.body:
+            try:
+                ack = json.loads(response.body)
+            except ValueError:
+                ack = {}
+            errors = ack.get("errors") if isinstance(ack, dict) else None
+            if isinstance(errors, dict) and errors:
+                lines = [f"  {k}: {v}" for k, v in errors.items()]
+                return Outcome("The form was not accepted:\n" + "\n".join(lines), 1)
+        return outcome
+
     def _find_button(self, which: str) -> tuple[str, str, str | None, dict[str, Any]] | None:
         wanted = which.strip().lower()
         if wanted.isdigit():
@@ -188,7 +246,9 @@ class LocalSession:
 
     def _outcome(self, response: Any, calls: list[SlackCall]) -> Outcome:
         parts: list[str] = []
-        self._last_buttons = []
+        # An answer without buttons (a refusal, a note) keeps the earlier ones clickable, so
+        # `:as U2` then `:approve` works after someone else's click was refused.
+        earlier, self._last_buttons = self._last_buttons, []
         if response.status == 401:
             return Outcome("The app refused the request (signature check failed).", 1)
         if response.body:
@@ -208,6 +268,9 @@ class LocalSession:
                 view = args["view"]
                 view = json.loads(view) if isinstance(view, str) else view
                 parts.append(f"── {heading}\n{render_view(view)}")
+                stored = call.response.get("view")
+                if isinstance(stored, dict) and stored.get("id"):
+                    self._last_view = {**view, "id": stored["id"]}
                 continue
             blocks = args.get("blocks")
             if isinstance(blocks, str):
@@ -216,7 +279,9 @@ class LocalSession:
                 continue
             parts.append(f"── {heading}\n{render_message(text=args.get('text'), blocks=blocks)}")
             self._collect(blocks, self._source(call))
-        if self._last_buttons:
+        if not self._last_buttons:
+            self._last_buttons = earlier
+        elif self._last_buttons:
             listing = "  ".join(f"[{i + 1}] {b[0]}" for i, b in enumerate(self._last_buttons))
             parts.append(f"(buttons: {listing} — type :click N)")
         return Outcome("\n".join(p.rstrip() for p in parts if p).strip(), self._exit_code())
@@ -258,7 +323,8 @@ class LocalSession:
 
 SHELL_HELP = """Type what you would type after /billing (e.g. `help`, `acct_northwind`).
   :as U123     act as another Slack user      :click N   click button N of the last answer
-  :approve     click Approve                   :deny      click Deny
+  :approve     click Approve                   :deny WHY  click Deny and give the reason
+  :submit amount=25 reason=…   fill in and submit the form that is open
   :help        this help                       :quit      leave (or Ctrl-D)"""
 
 
@@ -293,6 +359,16 @@ async def run_shell(settings: Settings, *, user_id: str, read: Callable[[str], s
                 else:
                     write("Usage: :as U123")
                 continue
+            if line.startswith(":submit"):
+                outcome = await session.submit(_form_values(line.removeprefix(":submit")))
+                write(outcome.output)
+                continue
+            if line.startswith(":deny ") and len(line) > 6:
+                outcome = await session.click("deny")
+                if session._last_view is not None and outcome.exit_code == 0:
+                    outcome = await session.submit({"deny_reason": line[6:].strip()})
+                write(outcome.output)
+                continue
             if line.startswith(":click") or line in (":approve", ":deny"):
                 which = (
                     line.split(maxsplit=1)[1]
@@ -306,6 +382,16 @@ async def run_shell(settings: Settings, *, user_id: str, read: Callable[[str], s
             else:
                 outcome = await session.command(line)
             write(outcome.output)
+
+
+def _form_values(text: str) -> dict[str, str]:
+    """`amount=25 reason=duplicate charge` → {"amount": "25", "reason": "duplicate charge"}."""
+    import re
+
+    values: dict[str, str] = {}
+    for match in re.finditer(r"(\w+)=(.*?)(?=\s+\w+=|$)", text.strip()):
+        values[match.group(1)] = match.group(2).strip()
+    return values
 
 
 async def run_ask(settings: Settings, text: str, *, user_id: str,

@@ -19,9 +19,9 @@ from bot.domain.identifiers import (
     classify_account,
     strip_markup,
 )
-from bot.domain.money import parse_amount_value
+from bot.domain.money import AmountInput, currency_word, parse_amount_input
 from bot.domain.tickets import TICKET_USAGE, looks_like_ticket_ref
-from bot.errors import InvalidIdentifier, UsageError
+from bot.errors import InvalidAmount, InvalidIdentifier, UsageError
 
 PAYMENT_ID_RE = re.compile(r"^(ch|pi|in|py)_[A-Za-z0-9]{1,250}$")
 REQUEST_ID_RE = re.compile(r"^(?:REQ|req)[-_][A-Za-z0-9]{4,32}$")
@@ -68,6 +68,9 @@ class RefundCommand:
     amount: Decimal | None = None
     payment_id: str | None = None
     reason: str | None = None
+    #: The amount as typed, with the currency written in it if any (checked against the
+    #: payment's currency before anything is stored).
+    amount_input: AmountInput | None = None
 
     @property
     def complete(self) -> bool:
@@ -82,6 +85,9 @@ class CreditCommand:
     account: AccountIdentifier
     amount: Decimal | None = None
     reason: str | None = None
+    #: The amount as typed, with the currency written in it if any (checked against the
+    #: account's currency before anything is stored).
+    amount_input: AmountInput | None = None
 
     @property
     def complete(self) -> bool:
@@ -209,8 +215,10 @@ def parse_command(text: str) -> Command:
         return _parse_refund(rest)
     if head == "credit":
         account = _account("credit", rest)
-        amount = parse_amount_value(rest[1]) if len(rest) > 1 else None
-        return CreditCommand(account, amount, _reason(rest[2:]))
+        if len(rest) < 2:
+            return CreditCommand(account)
+        written, tail = _amount(rest[1:])
+        return CreditCommand(account, written.value, _reason(tail), written)
     if head == "alerts":
         if rest:
             raise _usage("alerts", "`alerts` takes no arguments.")
@@ -257,8 +265,7 @@ def _parse_refund(rest: list[str]) -> RefundCommand:
     account = _account("refund", rest)
     if len(rest) < 2:
         return RefundCommand(account)
-    amount = parse_amount_value(rest[1])
-    tail = rest[2:]
+    written, tail = _amount(rest[1:])
     payment_id: str | None = None
     if tail and PAYMENT_ID_RE.match(tail[0]):
         payment_id = tail[0]
@@ -268,7 +275,34 @@ def _parse_refund(rest: list[str]) -> RefundCommand:
             f"`{tail[0]}` is not a payment to refund; give a charge (`ch_…`), payment intent "
             "(`pi_…`) or invoice (`in_…`) ID."
         )
-    return RefundCommand(account, amount, payment_id, _reason(tail))
+    return RefundCommand(account, written.value, payment_id, _reason(tail), written)
+
+
+def _amount(tokens: list[str]) -> tuple[AmountInput, list[str]]:
+    """The amount at the start of `tokens` with a currency written as a word of its own before
+    or after it (`EUR 25`, `25 EUR`), and the tokens after it."""
+    if len(tokens) > 1 and currency_word(tokens[0]) is not None:
+        try:
+            written = parse_amount_input(tokens[1])
+        except InvalidAmount:
+            written = None
+        if written is not None:
+            return _with_currency(written, tokens[0], before=True), tokens[2:]
+    written = parse_amount_input(tokens[0])
+    if len(tokens) > 1 and currency_word(tokens[1]) is not None:
+        return _with_currency(written, tokens[1], before=False), tokens[2:]
+    return written, tokens[1:]
+
+
+def _with_currency(written: AmountInput, word: str, *, before: bool) -> AmountInput:
+    """`written` with the currency `word` names; two that disagree (`€25 USD`) are refused."""
+    named = currency_word(word)
+    assert named is not None
+    text = f"{word} {written.text}" if before else f"{written.text} {word}"
+    currencies = named if written.currencies is None else written.currencies & named
+    if not currencies:
+        raise InvalidAmount(f"`{text}` names two different currencies; write one.")
+    return AmountInput(written.value, currencies, text)
 
 
 # --- mentions ---------------------------------------------------------------------------

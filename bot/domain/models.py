@@ -282,6 +282,57 @@ class ProviderFailure:
     reason: str  # short, safe: "unavailable", "timed out", "rate limited", "authentication failed"
 
 
+#: Longest idempotency key every provider accepts (Orb's limit; Stripe takes 255).
+MAX_IDEMPOTENCY_KEY = 64
+WriteKind = Literal["refund", "credit"]
+
+
+def idempotency_key(request_id: str, action: str) -> str:
+    """The idempotency key of one money-moving action of a request: `bt:{request_id}:{action}`.
+
+    The same request and action always give the same key, so every retry, replica and
+    reconciler run sends the provider the same key. Raises ValueError when the key would be
+    longer than `MAX_IDEMPOTENCY_KEY` characters or a part is empty (a programming error)."""
+    if not request_id or not action or ":" in action:
+        raise ValueError("request_id and action must be non-empty; action has no ':'")
+    key = f"bt:{request_id}:{action}"
+    check_idempotency_key(key, request_id)
+    return key
+
+
+def check_idempotency_key(key: str, request_id: str) -> None:
+    """Raise ValueError unless `key` has the documented form `bt:{request_id}:{action}` and
+    fits every provider (at most `MAX_IDEMPOTENCY_KEY` characters)."""
+    if len(key) > MAX_IDEMPOTENCY_KEY:
+        raise ValueError(
+            f"idempotency key is {len(key)} characters; providers accept {MAX_IDEMPOTENCY_KEY}"
+        )
+    if request_id_of_key(key) != request_id:
+        raise ValueError(f"idempotency key {key!r} is not of the form bt:{request_id}:<action>")
+
+
+def request_id_of_key(key: str) -> str | None:
+    """The request ID inside a key of the form `bt:{request_id}:{action}`, else None."""
+    if not key.startswith("bt:"):
+        return None
+    head, sep, action = key[3:].rpartition(":")
+    return head if sep and head and action else None
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What a provider did for an approved refund or credit."""
+
+    provider: ProviderName
+    kind: WriteKind
+    object_id: str  # re_… / cbtxn_… / Orb ledger entry ID / Metronome credit ID
+    amount: Money  # what was refunded or credited, always positive
+    status: str  # the provider's own status word ("succeeded", "pending", "committed", …)
+    request_id: str  # our request ID as recorded on the provider object (metadata / uniqueness_key)
+    replayed: bool = False  # the provider answered from its idempotency cache / it already existed
+    raw: Raw = field(default_factory=_empty_raw, repr=False, compare=False)
+
+
 @dataclass(frozen=True, slots=True)
 class AccountRef:
     """An account resolved to our account ID and the provider customer IDs that belong to it."""

@@ -133,25 +133,156 @@ class Money:
         return self.format()
 
 
-_AMOUNT_RE = re.compile(r"^(?P<sym>[$€£¥])?(?P<num>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)$")
+_AMOUNT_RE = re.compile(r"^(?P<num>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)$")
 MAX_AMOUNT = Decimal("1000000000")
 
+#: Active ISO 4217 codes (lowercase): a code written with an amount names its currency.
+ISO_CURRENCIES = frozenset(
+    re.findall(
+        r"[a-z]{3}",
+        """aed afn all amd ang aoa ars aud awg azn bam bbd bdt bgn bhd bif bmd bnd bob brl bsd btn
+    bwp byn bzd cad cdf chf clp cny cop crc cup cve czk djf dkk dop dzd egp ern etb eur fjd fkp
+    gbp gel ghs gip gmd gnf gtq gyd hkd hnl htg huf idr ils inr iqd irr isk jmd jod jpy kes kgs
+    khr kmf kpw krw kwd kyd kzt lak lbp lkr lrd lsl lyd mad mdl mga mkd mmk mnt mop mru mur mvr
+    mwk mxn myr mzn nad ngn nio nok npr nzd omr pab pen pgk php pkr pln pyg qar ron rsd rub rwf
+    sar sbd scr sdg sek sgd shp sle sll sos srd ssp stn syp szl thb tjs tmt tnd top try ttd twd
+    tzs uah ugx usd uyu uzs ves vnd vuv wst xaf xcd xof xpf yer zar zmw zwl""",
+    )
+)
+#: Codes also written in lowercase as a word of their own after an amount (`25 eur`); other codes
+#: count only in capitals there, so a reason that starts with "try" or "all" stays a reason.
+COMMON_CURRENCIES = frozenset(
+    re.findall(
+        r"[a-z]{3}",
+        "usd eur gbp jpy cad aud chf nzd sek nok dkk inr brl mxn sgd hkd cny krw pln zar",
+    )
+)
+#: Capitalised codes that are also English words: a word of their own after an amount is read
+#: as the reason's start, not as a currency (glued to the number, `25ALL`, they still count).
+_WORDLIKE_CODES = frozenset({"all", "top", "cup", "mop", "bob", "sos", "try"})
+#: Currency symbols, longest first, and the currencies each may mean (`$` is every dollar).
+CURRENCY_SYMBOLS: tuple[tuple[str, frozenset[str]], ...] = (
+    ("US$", frozenset({"usd"})),
+    ("CA$", frozenset({"cad"})),
+    ("C$", frozenset({"cad"})),
+    ("A$", frozenset({"aud"})),
+    ("AU$", frozenset({"aud"})),
+    ("NZ$", frozenset({"nzd"})),
+    ("S$", frozenset({"sgd"})),
+    ("HK$", frozenset({"hkd"})),
+    ("$", frozenset({"usd", "cad", "aud", "nzd", "sgd", "hkd", "mxn"})),
+    ("€", frozenset({"eur"})),
+    ("£", frozenset({"gbp"})),
+    ("¥", frozenset({"jpy", "cny"})),
+    ("₹", frozenset({"inr"})),
+)
 
-def parse_amount_value(text: str) -> Decimal:
-    """Parse user-typed money without knowing the currency yet: `25`, `25.00`, `$25`,
-    `$1,250.50`, `1,250.5`. Rejects garbage, exponents, negatives, zero, absurd sizes and more
-    than three decimals, raising `InvalidAmount` with a message the user can act on."""
+
+@dataclass(frozen=True, slots=True)
+class AmountInput:
+    """An amount as the user typed it: the value, and the currencies what they wrote can mean
+    (`None` when they wrote none: the account's currency is meant). `text` is what they typed,
+    for messages."""
+
+    value: Decimal
+    currencies: frozenset[str] | None = None
+    text: str = ""
+
+    @property
+    def written_currency(self) -> str | None:
+        """The currency the user wrote, for messages (`EUR`, `$`), or None."""
+        if self.currencies is None:
+            return None
+        if len(self.currencies) == 1:
+            return next(iter(self.currencies)).upper()
+        return "a dollar amount"
+
+    def in_currency(self, currency: str) -> Money:
+        """This amount as money in `currency`, the payment's or the account's: refused with
+        `InvalidAmount` when the user wrote another currency (`25 EUR` for a USD payment), or
+        more decimals than `currency` has (`12.5` JPY, `1.005` USD)."""
+        cur = currency.lower()
+        shown = self.text or f"{self.value}"
+        if self.currencies is not None and cur not in self.currencies:
+            raise InvalidAmount(
+                f"`{shown}` is not in {cur.upper()}, the currency of this payment or account: "
+                f"give the amount in {cur.upper()} (e.g. `{_example(cur)}`), or leave the "
+                "currency out."
+            )
+        digits = exponent(cur)
+        if -int(self.value.as_tuple().exponent) > digits:
+            raise InvalidAmount(
+                f"`{shown}` has more decimals than {cur.upper()} allows ({digits})."
+            )
+        return Money(self.value, cur)
+
+
+def _example(currency: str) -> str:
+    return Money(Decimal(25), currency).format()
+
+
+def currency_word(word: str) -> frozenset[str] | None:
+    """The currency a word of its own next to an amount names (`EUR`, `usd`), or None: any ISO
+    code in capitals (except codes that are English words), common codes in any case."""
+    lowered = word.strip().lower()
+    if lowered not in ISO_CURRENCIES:
+        return None
+    if word.strip().isupper() and lowered not in _WORDLIKE_CODES:
+        return frozenset({lowered})
+    if lowered in COMMON_CURRENCIES:
+        return frozenset({lowered})
+    return None
+
+
+def _split_currency(cleaned: str) -> tuple[str, frozenset[str] | None]:
+    """`cleaned` without its currency symbol or ISO code (before or after the number), and the
+    currencies that marker means. Two markers must agree (`$25 USD` is fine, `€25 USD` not)."""
+    found: list[frozenset[str]] = []
+    rest = cleaned
+    code = re.match(r"^([A-Za-z]{3})(?=[\d$€£¥₹A-Z])", rest)
+    if code and code.group(1).lower() in ISO_CURRENCIES:
+        found.append(frozenset({code.group(1).lower()}))
+        rest = rest[3:]
+    code = re.search(r"(?<=[\d$€£¥₹])([A-Za-z]{3})$", rest)
+    if code and code.group(1).lower() in ISO_CURRENCIES:
+        found.append(frozenset({code.group(1).lower()}))
+        rest = rest[:-3]
+    for symbol, means in CURRENCY_SYMBOLS:
+        if rest.upper().startswith(symbol.upper()):
+            found.append(means)
+            rest = rest[len(symbol) :]
+            break
+    for symbol, means in CURRENCY_SYMBOLS:
+        if len(symbol) == 1 and rest.endswith(symbol):
+            found.append(means)
+            rest = rest[: -len(symbol)]
+            break
+    if not found:
+        return rest, None
+    agreed = found[0]
+    for means in found[1:]:
+        agreed = agreed & means
+    if not agreed:
+        raise InvalidAmount(f"`{cleaned}` names two different currencies; write one.")
+    return rest, agreed
+
+
+def parse_amount_input(text: str) -> AmountInput:
+    """Parse user-typed money and the currency written with it, if any: `25`, `25.00`, `$25`,
+    `$1,250.50`, `25 EUR`, `EUR25`, `€25`, `25€`. Rejects garbage, exponents, negatives, zero,
+    absurd sizes and more than three decimals, raising `InvalidAmount` with a message the user
+    can act on. The currency is checked against the payment's later (`AmountInput.in_currency`)."""
     raw = text.strip()
     cleaned = raw.replace("\u00a0", "").replace(" ", "")
-    for code in ("USD", "EUR", "GBP", "JPY", "CAD", "AUD"):
-        if cleaned.upper().endswith(code) and len(cleaned) > len(code):
-            cleaned = cleaned[: -len(code)]
-            break
-    if cleaned.startswith(("-", "−", "$-", "-$")):
+    if cleaned.startswith(("-", "−")) or re.match(r"^[A-Za-z]{0,3}[$€£¥₹]*[-−]", cleaned):
         raise InvalidAmount(
             f"`{raw}` is negative; give a positive amount like `25` or `$1,250.50`."
         )
-    match = _AMOUNT_RE.match(cleaned)
+    try:
+        number, currencies = _split_currency(cleaned)
+    except InvalidAmount:
+        raise InvalidAmount(f"`{raw}` names two different currencies; write one.") from None
+    match = _AMOUNT_RE.match(number)
     if not match:
         raise InvalidAmount(
             f"`{raw}` is not an amount; write it like `25`, `25.00` or `$1,250.50`."
@@ -163,16 +294,18 @@ def parse_amount_value(text: str) -> Decimal:
         raise InvalidAmount(f"`{raw}` must be more than zero.")
     if value > MAX_AMOUNT:
         raise InvalidAmount(f"`{raw}` is larger than any amount Billing Triage handles.")
-    return value
+    return AmountInput(value, currencies, raw)
+
+
+def parse_amount_value(text: str) -> Decimal:
+    """The value of user-typed money (`parse_amount_input(text).value`), for callers that check
+    the currency themselves; an amount whose written currency matters goes through
+    `parse_amount_input` and `AmountInput.in_currency` (or `parse_amount`) instead."""
+    return parse_amount_input(text).value
 
 
 def parse_amount(text: str, currency: str = "usd") -> Money:
-    """Parse user-typed money in `currency`; like `parse_amount_value`, and also rejects more
-    decimals than the currency has (`12.50` JPY)."""
-    value = parse_amount_value(text)
-    digits = exponent(currency)
-    if -int(value.as_tuple().exponent) > digits:
-        raise InvalidAmount(
-            f"`{text.strip()}` has more decimals than {currency.upper()} allows ({digits})."
-        )
-    return Money(value, currency)
+    """Parse user-typed money in `currency`; like `parse_amount_input`, and also refuses a
+    currency written in the text other than `currency` (`25 EUR` for USD) and more decimals than
+    the currency has (`12.50` JPY)."""
+    return parse_amount_input(text).in_currency(currency)

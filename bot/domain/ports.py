@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from bot.domain.identifiers import IdentifierKind
-from bot.domain.models import CustomerRecord, ProviderName, ProviderSnapshot
+from bot.domain.models import (
+    CustomerRecord,
+    Payment,
+    ProviderName,
+    ProviderSnapshot,
+    WriteResult,
+)
+from bot.domain.money import Money
 from bot.domain.records import DigestRenderer, MessageRenderer
 from bot.domain.tickets import (
     NoteWritten,
@@ -78,6 +85,91 @@ class MessageDelivery(Protocol):
 
     async def drain(self, timeout: float = 10.0) -> bool:  # noqa: ASYNC109 - a bounded wait
         """Deliver everything due now; False if `timeout` passed first."""
+
+
+@runtime_checkable
+class BillingWriter(Protocol):
+    """Money-moving writes, called only by the approval flow after approval.
+
+    Every call carries `idempotency_key` (`models.idempotency_key(request_id, action)`:
+    `bt:{request_id}:{action}`, at most 64 characters; anything else is a ValueError) and records
+    `request_id` on the provider object. Outcomes:
+
+    - a `WriteResult` (`replayed=True` when the provider answered from its idempotency cache or
+      the object already existed);
+    - `ProviderOutcomeUnknown`: it may or may not have happened; retry later with the SAME key,
+      or look for it with `find_write`;
+    - `ProviderIdempotencyConflict`: the key was used with a different body (a bug);
+    - `ProviderRequestError` / `ProviderNotFound`: the provider refused; the message is safe to
+      show finance; nothing happened;
+    - `ProviderUnavailable` / `ProviderRateLimited` / `ProviderAuthError`: the provider certainly
+      did nothing (never connected, or refused every attempt before doing anything).
+    """
+
+    name: ProviderName
+
+    async def refund_payment(
+        self,
+        *,
+        customer: CustomerRecord,
+        payment_id: str,
+        amount: Money,
+        request_id: str,
+        idempotency_key: str,
+        reason: str | None = None,
+    ) -> WriteResult:
+        """Refund `amount` of a Stripe charge (`ch_…`) or payment intent (`pi_…`) of `customer`.
+        Only Stripe moves money back; Orb and Metronome raise `ProviderRequestError`."""
+        ...
+
+    async def grant_credit(
+        self,
+        *,
+        customer: CustomerRecord,
+        amount: Money,
+        request_id: str,
+        idempotency_key: str,
+        description: str,
+    ) -> WriteResult:
+        """Credit `amount` to `customer`: a Stripe customer balance credit, an Orb credit ledger
+        increment, or a Metronome customer credit."""
+        ...
+
+    async def find_write(
+        self,
+        *,
+        customer: CustomerRecord,
+        kind: Literal["refund", "credit"],
+        request_id: str,
+        payment_id: str | None = None,
+    ) -> WriteResult | None:
+        """The provider object an earlier attempt made for `request_id`, if any (looks for the
+        effect; used by the reconciler when a key may have expired or the outcome was unknown)."""
+        ...
+
+
+@runtime_checkable
+class PaymentReader(Protocol):
+    """What the approval flow reads about one payment before a refund is requested (Stripe)."""
+
+    name: ProviderName
+
+    async def get_payment(self, payment_id: str) -> Payment:
+        """The charge `ch_…` or payment intent `pi_…` with what was refunded so far; raises
+        `ProviderNotFound` for an unknown ID."""
+        ...
+
+    async def payment_for_invoice(self, invoice_id: str) -> str | None:
+        """The payment (`ch_…`/`pi_…`) that paid `invoice_id`, None when nothing paid it;
+        raises `ProviderNotFound` for an unknown invoice."""
+        ...
+
+
+class GroupDirectory(Protocol):
+    """Who is in a user group (Slack `S…` groups; the Slack edge implements it)."""
+
+    async def members(self, group_id: str) -> frozenset[str]:
+        """The user IDs in `group_id`; raises on any failure (callers fail closed)."""
         ...
 
 

@@ -20,6 +20,8 @@ from decimal import Decimal
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self
 
+from bot.domain.approvals import ApprovalRequest, RequestState
+
 
 def _empty_detail() -> Mapping[str, Any]:
     return {}
@@ -223,6 +225,13 @@ class AuditLog(Protocol):
         """The latest `limit` events (about `subject` if given), oldest first."""
         ...
 
+    async def since(
+        self, at: datetime | None = None, *, after_id: int = 0, limit: int = 1000
+    ) -> Sequence[AuditEvent]:
+        """Up to `limit` events recorded at or after `at` with an id above `after_id`, oldest
+        first (page with the last id seen), for exports."""
+        ...
+
 
 class AccountLinks(Protocol):
     """Cache of identifier → provider customer resolutions."""
@@ -276,6 +285,11 @@ class UnitOfWork(Protocol):
     @property
     def ticket_notes(self) -> TicketNotes:
         """Internal notes drafted for tickets and their posting state (DESIGN §10.2)."""
+        ...
+
+    @property
+    def requests(self) -> ApprovalRequests:
+        """Refund and credit requests and their approvals."""
         ...
 
     async def commit(self) -> None:
@@ -529,4 +543,112 @@ class TicketNotes(Protocol):
 
     async def unsettled(self, *, limit: int = 50) -> list[TicketNote]:
         """Notes `unknown` or `posting`, oldest first (for the reconciler)."""
+        ...
+
+
+class ApprovalRequests(Protocol):
+    """Refund and credit requests (`bot.domain.approvals`). Every state change is one
+    conditional UPDATE whose row count says whether this caller made it: of any number of
+    concurrent callers, exactly one gets True (once committed)."""
+
+    async def add(self, request: ApprovalRequest) -> None:
+        """Store a new request (its approvals are not stored from here)."""
+        ...
+
+    async def get(self, request_id: str) -> ApprovalRequest | None:
+        """The request with its approvals, oldest first; None for an unknown ID."""
+        ...
+
+    async def hold_payment(self, payment_id: str) -> None:
+        """Serialise new requests on `payment_id` until this unit of work ends (a PostgreSQL
+        transaction lock; SQLite's single writer already does), so two requests made at once
+        cannot both take what is left of one payment."""
+        ...
+
+    async def holding(self, payment_id: str) -> list[ApprovalRequest]:
+        """Unfinished requests (`HOLDING` states) on `payment_id`."""
+        ...
+
+    async def for_account(
+        self,
+        account_keys: Sequence[str],
+        *,
+        states: Sequence[RequestState] | None = None,
+        limit: int = 20,
+    ) -> list[ApprovalRequest]:
+        """The newest requests whose account key is one of `account_keys`, newest first."""
+        ...
+
+    async def add_approval(self, request_id: str, approver: str, *, at: datetime) -> bool:
+        """Record `approver`'s approval; False when they had approved it already."""
+        ...
+
+    async def approve(
+        self, request_id: str, *, approver: str, now: datetime
+    ) -> RequestState | None:
+        """Count one approval of a pending, unexpired request: `approved` once it has enough,
+        else still `pending`. None when the request was not pending (or had expired)."""
+        ...
+
+    async def claim(
+        self,
+        request_id: str,
+        *,
+        source: RequestState,
+        holder: str,
+        now: datetime,
+        until: datetime,
+    ) -> bool:
+        """`source` (approved, or failed for a retry) → `executing`, held by `holder` until
+        `until`; counts one attempt."""
+        ...
+
+    async def reclaim(
+        self, request_id: str, *, holder: str, now: datetime, until: datetime
+    ) -> bool:
+        """Take over an `executing` request whose holder's lease ran out; counts one attempt."""
+        ...
+
+    async def renew(self, request_id: str, *, holder: str, until: datetime) -> bool:
+        """Extend `holder`'s lease on an `executing` request."""
+        ...
+
+    async def release(
+        self, request_id: str, *, holder: str, now: datetime, problem: str | None = None
+    ) -> bool:
+        """End `holder`'s lease now, leaving the request `executing` for the reconciler;
+        `problem` says why the outcome is unknown (shown on the message)."""
+        ...
+
+    async def executed(
+        self, request_id: str, *, object_id: str, status: str, now: datetime
+    ) -> bool:
+        """`executing` → `executed` with the provider's object ID and status."""
+        ...
+
+    async def fail(self, request_id: str, *, message: str, now: datetime) -> bool:
+        """`executing` → `failed` with the provider's own message."""
+        ...
+
+    async def deny(self, request_id: str, *, by: str, reason: str, now: datetime) -> bool:
+        """`pending` → `denied`, by whom and why."""
+        ...
+
+    async def expire(self, request_id: str, *, now: datetime) -> bool:
+        """`pending` → `expired`, when its time ran out by `now`."""
+        ...
+
+    async def expiring(self, *, now: datetime, limit: int = 100) -> list[str]:
+        """IDs of pending requests whose time ran out by `now`."""
+        ...
+
+    async def unfinished(
+        self, *, now: datetime, approved_before: datetime, limit: int = 100
+    ) -> list[ApprovalRequest]:
+        """Requests to finish: `approved` before `approved_before` (nobody went on), or
+        `executing` with an expired lease."""
+        ...
+
+    async def recent(self, *, limit: int = 50) -> list[ApprovalRequest]:
+        """The newest requests, newest first."""
         ...

@@ -198,15 +198,15 @@ class LookupService:
         """The account's billing state from every enabled provider, within the deadline."""
         started = time.monotonic()
         resolution = await self.resolve(ident)
-        return await self.snapshot_of(resolution, started=started)
+        return await self.snapshot_for(resolution, started=started)
 
-    async def snapshot_of(
+    async def snapshot_for(
         self, resolution: Resolution, *, started: float | None = None
     ) -> BillingSnapshot:
-        """The billing state of an account already resolved (no second resolution), within the
-        deadline counted from `started` (a `time.monotonic()` value; default now)."""
-        began = time.monotonic() if started is None else started
-        remaining = self.deadline - (time.monotonic() - began)
+        """The billing state of an account already resolved (`resolve`), within the deadline
+        counted from `started` (a `time.monotonic()` reading; now when None)."""
+        started = time.monotonic() if started is None else started
+        remaining = self.deadline - (time.monotonic() - started)
         names = list(resolution.customers)
         results = await self._each(
             names, lambda p: p.get_snapshot(resolution.customers[p.name]), remaining

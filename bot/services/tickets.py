@@ -375,7 +375,7 @@ async def _explain(
     deadline: float,
     started: float,
 ) -> TriageResult:
-    snapshot = await lookup.snapshot_of(resolution, started=started)
+    snapshot = await lookup.snapshot_for(resolution, started=started)
     base = TriageResult(
         context,
         "matched",

@@ -245,3 +245,63 @@ class TicketNoteRow(Base):
     updated_at: Mapped[datetime]
 
     __table_args__ = (Index("ix_ticket_notes_state", "state", "updated_at"),)
+
+
+class ApprovalRequestRow(Base):
+    """A refund or credit request (`bot.domain.approvals.ApprovalRequest`). Money is integer
+    minor units and an ISO currency, exact on both databases. `state` changes only through the
+    conditional UPDATEs of `bot.storage.approvals`."""
+
+    __tablename__ = "approval_requests"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))
+    account_key: Mapped[str] = mapped_column(String(255))
+    account_id: Mapped[str | None] = mapped_column(String(255))
+    account_label: Mapped[str] = mapped_column(String(255))
+    provider: Mapped[str] = mapped_column(String(32))
+    customer_id: Mapped[str] = mapped_column(String(255))
+    customer_currency: Mapped[str | None] = mapped_column(String(8))
+    payment_id: Mapped[str | None] = mapped_column(String(255))
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(8))
+    reason: Mapped[str] = mapped_column(String(1000))
+    requester: Mapped[str] = mapped_column(String(64))
+    channel: Mapped[str] = mapped_column(String(64))
+    required_approvals: Mapped[int]
+    approval_count: Mapped[int]
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    approved_at: Mapped[datetime | None]
+    decided_by: Mapped[str | None] = mapped_column(String(64))
+    decided_at: Mapped[datetime | None]
+    decision_reason: Mapped[str | None] = mapped_column(String(1000))
+    provider_object_id: Mapped[str | None] = mapped_column(String(255))
+    provider_status: Mapped[str | None] = mapped_column(String(64))
+    failure: Mapped[str | None] = mapped_column(String(1000))
+    attempts: Mapped[int]
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_until: Mapped[datetime | None]
+    version: Mapped[int]
+    context: Mapped[dict[str, Any]]
+
+    __table_args__ = (
+        Index("ix_approval_requests_state", "state", "expires_at"),
+        Index("ix_approval_requests_account", "account_key", "created_at"),
+        Index("ix_approval_requests_payment", "payment_id", "state"),
+    )
+
+
+class RequestApprovalRow(Base):
+    """One approver's approval of a request; the primary key makes a second click by the same
+    approver count once."""
+
+    __tablename__ = "request_approvals"
+
+    request_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("approval_requests.id", ondelete="CASCADE"), primary_key=True
+    )
+    approver: Mapped[str] = mapped_column(String(64), primary_key=True)
+    at: Mapped[datetime]

@@ -15,6 +15,7 @@ from sqlalchemy import Insert, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.domain.records import AccountLink, AuditEvent
+from bot.storage.approvals import SqlApprovalRequests
 from bot.storage.cases import SqlCases, SqlTicketNotes
 from bot.storage.outbox import SqlLeases, SqlOutbox
 from bot.storage.sql import dialect_insert, rowcount
@@ -81,6 +82,32 @@ class SqlAuditLog:
                 slack_request=row.slack_request,
             )
             for row in reversed(rows)
+        ]
+
+    async def since(
+        self, at: datetime | None = None, *, after_id: int = 0, limit: int = 1000
+    ) -> Sequence[AuditEvent]:
+        """Events at or after `at` with an id above `after_id`, oldest first."""
+        query = (
+            select(AuditEventRow)
+            .where(AuditEventRow.id > after_id)
+            .order_by(AuditEventRow.id)
+            .limit(limit)
+        )
+        if at is not None:
+            query = query.where(AuditEventRow.at >= at)
+        rows = (await self._session.scalars(query)).all()
+        return [
+            AuditEvent(
+                id=row.id,
+                at=row.at,
+                actor=row.actor,
+                action=row.action,
+                subject=row.subject,
+                detail=row.detail,
+                slack_request=row.slack_request,
+            )
+            for row in rows
         ]
 
 
@@ -154,6 +181,7 @@ class SqlUnitOfWork:
         self._leases: SqlLeases | None = None
         self._cases: SqlCases | None = None
         self._ticket_notes: SqlTicketNotes | None = None
+        self._requests: SqlApprovalRequests | None = None
 
     @property
     def session(self) -> AsyncSession:
@@ -211,6 +239,13 @@ class SqlUnitOfWork:
             self._ticket_notes = SqlTicketNotes(self.session)
         return self._ticket_notes
 
+    @property
+    def requests(self) -> SqlApprovalRequests:
+        """Refund and credit requests and their approvals."""
+        if self._requests is None:
+            self._requests = SqlApprovalRequests(self.session)
+        return self._requests
+
     async def commit(self) -> None:
         """Make everything done in this unit of work durable."""
         await self.session.commit()
@@ -244,3 +279,4 @@ class SqlUnitOfWork:
             self._leases = None
             self._cases = None
             self._ticket_notes = None
+            self._requests = None

@@ -8,21 +8,37 @@ and `POST /v1/usage`, and in the **JSON body** on `customerBalances/list`; `cont
 with a body `cursor` like metronome-sdk 4.12 (the published spec answers only `{data}` there, so
 `cursor` appears only when there is a next page); every error is `{"message": "…"}`.
 
-Reads only for now. Routes live in one table of `(method, pattern, handler)`, so the
-approval-gated writes (`POST /v1/contracts/customerCredits/create` with its `uniqueness_key` and
-409 on reuse) can be added later as further rows without touching the dispatch.
+Writes: `POST /v1/contracts/customerCredits/create` makes a customer-level credit (answered
+`{"data": {"id"}}`) that then shows in `customerCredits/list` and `customerBalances/list`. The
+product must be one the customer's contracts, invoices or balances name, or one of the server's
+catalogue `credit_products` (by default `SANDBOX_CREDIT_PRODUCT_ID`); amounts are USD cents, the
+only credit type the sandbox knows. Writes live in an overlay per server instance: the world's
+shared objects are never changed.
+
+Idempotency as Metronome documents it: `uniqueness_key` (1–128 characters) may make one credit
+ever, a second use is 409 "This uniqueness key has already been used"; `Idempotency-Key` replays
+the first answer, errors included, and is 409 when it comes back with other parameters. Metronome
+does not say what a duplicate gets while the first request is still running; the sandbox makes it
+wait for the first and replay its answer. Keys are claimed before anything awaits, and the write
+applies in one synchronous step after the optional `write_delay`, so concurrent requests make one
+credit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import hashlib
+import json
 import re
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Final, Protocol
 
+from integrations.sandbox.idempotency import MISMATCH, IdempotencyStore, Replay, fingerprint
 from integrations.sandbox.wire import WireRequest, WireResponse
 
 #: `PageLimit` in the spec: GET lists take 1..100.
@@ -36,6 +52,22 @@ MAX_CONTRACT_LIMIT: Final = 20
 DEFAULT_USAGE_PAGE: Final = 500
 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+#: Metronome's default fiat credit type (and the only one the sandbox knows).
+USD_CENTS: Final = {"id": "2714e483-4ff1-48e4-9e25-ac732e8f24f2", "name": "USD (cents)"}
+#: The catalogue product the sandbox offers for credits (Billing Triage's `credit_product_id`
+#: in the sandbox), so every sandbox customer can be credited.
+SANDBOX_CREDIT_PRODUCT_ID: Final = "8c1b7c52-3f0e-4a6d-9d2a-5be0c3a4f7e1"
+#: customerCredits/list: 1..25, default 25 (spec).
+MAX_CREDIT_LIMIT: Final = 25
+#: `CreateCustomerCreditPayload` fields (the spec's; anything else is refused).
+_CREDIT_FIELDS: Final = frozenset(
+    {
+        "customer_id", "name", "description", "priority", "product_id", "access_schedule",
+        "applicable_product_ids", "applicable_product_tags", "specifiers",
+        "applicable_contract_ids", "custom_fields", "rate_type", "uniqueness_key",
+    }
+)  # fmt: skip
 
 
 # --- the part of the sandbox world this server reads ------------------------------------------
@@ -222,11 +254,27 @@ class MetronomeSandboxServer:
         *,
         api_key: str | None = None,
         usage_page_size: int = DEFAULT_USAGE_PAGE,
+        write_delay: float = 0.0,
+        credit_products: Mapping[str, str] | None = None,
     ) -> None:
         self._world = world
         self._api_key = api_key
         self._usage_page_size = max(1, usage_page_size)
         self._by_id: dict[str, _MetronomeData] | None = None
+        #: Seconds a write waits after claiming its keys, before it applies.
+        self.write_delay = write_delay
+        #: Catalogue products any customer's credit may use: product ID -> name.
+        self._catalogue = dict(
+            credit_products
+            if credit_products is not None
+            else {SANDBOX_CREDIT_PRODUCT_ID: "Account credit"}
+        )
+        self._keys = IdempotencyStore()
+        #: uniqueness_key -> credit ID; claimed in the same step that creates the credit.
+        self._uniqueness: dict[str, str] = {}
+        #: The write overlay: customer-level credits made here, per customer ID.
+        self._credits: dict[str, list[dict[str, Any]]] = {}
+        self._mint_seq = 0
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = [
             ("GET", re.compile(r"^/v1/customers/?$"), self._list_customers),
             ("GET", re.compile(r"^/v1/customers/(?P<customer_id>[^/]+)$"), self._get_customer),
@@ -244,6 +292,12 @@ class MetronomeSandboxServer:
             ),
             ("POST", re.compile(r"^/v1/contracts/list$"), self._list_contracts),
             ("POST", re.compile(r"^/v1/contracts/customerBalances/list$"), self._list_balances),
+            ("POST", re.compile(r"^/v1/contracts/customerCredits/list$"), self._list_credits),
+            (
+                "POST",
+                re.compile(r"^/v1/contracts/customerCredits/create$"),
+                self._create_credit_keyed,
+            ),
             ("POST", re.compile(r"^/v1/usage$"), self._usage),
         ]
 
@@ -414,7 +468,7 @@ class MetronomeSandboxServer:
         include_archived = _flag(body.get("include_archived"))
         exclude_zero = _flag(body.get("exclude_zero_balances"))
         chosen = []
-        for item in data.balances:
+        for item in [*data.balances, *self._credits_of(data)]:
             if wanted_id and item.get("id") != wanted_id:
                 continue
             if item.get("archived_at") and not include_archived:
@@ -445,6 +499,230 @@ class MetronomeSandboxServer:
             )
         page, cursor = _window(chosen, "balances", body.get("next_page"), limit)
         return WireResponse.of_json({"data": page, "next_page": cursor})
+
+    # --- credits (writes) ---------------------------------------------------------------------
+
+    def _credits_of(self, data: _MetronomeData) -> list[dict[str, Any]]:
+        """Customer-level credits made on this server for the customer, with their balance."""
+        return self._credits.get(str(data.customer.get("id", "")).lower(), [])
+
+    async def _list_credits(self, request: WireRequest, params: Mapping[str, str]) -> WireResponse:
+        body = _json_body(request)
+        data = self._customer_data(body.get("customer_id"))
+        limit = _limit(body.get("limit"), default=MAX_CREDIT_LIMIT, maximum=MAX_CREDIT_LIMIT)
+        covering = _optional_time(body.get("covering_date"), "covering_date")
+        starting_at = _optional_time(body.get("starting_at"), "starting_at")
+        effective_before = _optional_time(body.get("effective_before"), "effective_before")
+        credit_id = body.get("credit_id")
+        if credit_id is not None:
+            credit_id = _uuid(credit_id, "credit_id")
+        items: list[Mapping[str, Any]] = list(self._credits_of(data))
+        if _flag(body.get("include_contract_credits")):
+            items += [b for b in data.balances if b.get("type") == "CREDIT"]
+        chosen = []
+        for item in items:
+            if credit_id and str(item.get("id")).lower() != credit_id:
+                continue
+            if item.get("archived_at") and not _flag(body.get("include_archived")):
+                continue
+            segments = [
+                (parse_time(s.get("starting_at")), parse_time(s.get("ending_before")))
+                for s in (item.get("access_schedule") or {}).get("schedule_items") or []
+            ]
+            if covering and not any(
+                (lo is None or lo <= covering) and (hi is None or covering < hi)
+                for lo, hi in segments
+            ):
+                continue
+            if starting_at and not any(hi is None or hi > starting_at for _, hi in segments):
+                continue
+            if effective_before and not any(
+                lo is None or lo < effective_before for lo, _ in segments
+            ):
+                continue
+            chosen.append(
+                _strip_item(
+                    item,
+                    balance=_flag(body.get("include_balance")),
+                    ledgers=_flag(body.get("include_ledgers")),
+                )
+            )
+        page, cursor = _window(chosen, "credits", body.get("next_page"), limit)
+        return WireResponse.of_json({"data": page, "next_page": cursor})
+
+    async def _create_credit_keyed(
+        self, request: WireRequest, params: Mapping[str, str]
+    ) -> WireResponse:
+        """`Idempotency-Key` around the create: the first answer (errors included) is kept and
+        replayed; a duplicate in flight waits for it; other parameters are a 409."""
+        key = request.headers.get("idempotency-key")
+        if key is None:
+            return await self._create_credit(request)
+        try:
+            payload: Any = json.loads(request.body) if request.body else {}
+        except ValueError:
+            payload = request.body.decode(errors="replace")
+        verdict = await self._keys.claim_or_wait(
+            key, fingerprint(request.method, request.path, payload)
+        )
+        if verdict is MISMATCH:
+            raise MetronomeApiError(
+                409, "This idempotency key was already used with different request parameters"
+            )
+        if isinstance(verdict, Replay):
+            return verdict.response
+        try:
+            answer = await self._create_credit(request)
+        except MetronomeApiError as exc:
+            answer = exc.response()
+        except BaseException:
+            self._keys.release(key)
+            raise
+        self._keys.finish(key, answer)
+        return answer
+
+    async def _create_credit(self, request: WireRequest) -> WireResponse:
+        if self.write_delay:
+            await asyncio.sleep(self.write_delay)
+        # No await from here on: validation, the uniqueness claim and the credit are one step.
+        body = _json_body(request)
+        unknown = sorted(set(body) - _CREDIT_FIELDS)
+        if unknown:
+            raise _bad_request(f"Unknown field: {unknown[0]}")
+        data = self._customer_data(body.get("customer_id"))
+        customer_id = str(data.customer.get("id", "")).lower()
+        product_id = _uuid(body.get("product_id"), "product_id")
+        products = self._products_for(data)
+        if product_id not in products:
+            raise _not_found(f"Product {product_id}")
+        priority = body.get("priority")
+        if isinstance(priority, bool) or not isinstance(priority, int | Decimal):
+            raise _bad_request("priority is required and must be a number")
+        name = body.get("name")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise _bad_request("name must be a non-empty string")
+        description = body.get("description")
+        if description is not None and not isinstance(description, str):
+            raise _bad_request("description must be a string")
+        schedule = body.get("access_schedule")
+        if not isinstance(schedule, Mapping):
+            raise _bad_request("access_schedule is required")
+        credit_type_id = schedule.get("credit_type_id")
+        if (
+            credit_type_id is not None
+            and _uuid(credit_type_id, "credit_type_id") != USD_CENTS["id"]
+        ):
+            raise _not_found("Credit type")
+        raw_items = schedule.get("schedule_items")
+        if not isinstance(raw_items, list) or not raw_items:
+            raise _bad_request("access_schedule.schedule_items must be a non-empty array")
+        items = []
+        for raw in raw_items:
+            if not isinstance(raw, Mapping):
+                raise _bad_request("access_schedule.schedule_items must hold objects")
+            amount = raw.get("amount")
+            if isinstance(amount, bool) or not isinstance(amount, int | Decimal) or amount <= 0:
+                raise _bad_request("schedule item amount must be a positive number")
+            start = _required_time(raw.get("starting_at"), "starting_at")
+            end = _required_time(raw.get("ending_before"), "ending_before")
+            if end <= start:
+                raise _bad_request("ending_before must be after starting_at")
+            items.append((Decimal(amount), start, end))
+        for field in ("applicable_product_ids", "applicable_contract_ids"):
+            value = body.get(field)
+            if value is not None and not (
+                isinstance(value, list)
+                and all(isinstance(v, str) and _UUID.match(v) for v in value)
+            ):
+                raise _bad_request(f"{field} must be an array of UUIDs")
+        unique = body.get("uniqueness_key")
+        if unique is not None and (not isinstance(unique, str) or not 1 <= len(unique) <= 128):
+            raise _bad_request("uniqueness_key must be 1 to 128 characters")
+        if unique is not None and unique in self._uniqueness:
+            raise MetronomeApiError(409, "This uniqueness key has already been used")
+        credit_id = self._mint()
+        now = self._world.now
+        schedule_items = []
+        ledger = []
+        balance = Decimal(0)
+        for amount, start, end in items:
+            segment = self._mint()
+            schedule_items.append(
+                {
+                    "id": segment,
+                    "amount": amount,
+                    "starting_at": _rfc3339(start),
+                    "ending_before": _rfc3339(end),
+                }
+            )
+            ledger.append(
+                {
+                    "amount": amount,
+                    "segment_id": segment,
+                    "timestamp": _rfc3339(start),
+                    "type": "CREDIT_SEGMENT_START",
+                }
+            )
+            if start <= now < end:
+                balance += amount
+        credit: dict[str, Any] = {
+            "id": credit_id,
+            "type": "CREDIT",
+            "name": name or products[product_id],
+            "priority": priority,
+            "product": {"id": product_id, "name": products[product_id]},
+            "access_schedule": {"credit_type": dict(USD_CENTS), "schedule_items": schedule_items},
+            "balance": balance,
+            "ledger": ledger,
+        }
+        for field in (
+            "description", "applicable_product_ids", "applicable_product_tags",
+            "applicable_contract_ids", "custom_fields", "rate_type",
+        ):  # fmt: skip
+            if body.get(field) is not None:
+                credit[field] = body[field]
+        if unique is not None:
+            credit["uniqueness_key"] = unique
+            self._uniqueness[unique] = credit_id
+        self._credits.setdefault(customer_id, []).append(credit)
+        return WireResponse.of_json({"data": {"id": credit_id}})
+
+    def _products_for(self, data: _MetronomeData) -> dict[str, str]:
+        """Products a credit for this customer may name: the catalogue's and every product its
+        contracts, balances and invoice lines mention (ID -> name)."""
+        found = dict(self._catalogue)
+
+        def note(product: Any) -> None:
+            if isinstance(product, Mapping) and isinstance(product.get("id"), str):
+                found.setdefault(product["id"].lower(), str(product.get("name") or "Product"))
+
+        for contract in data.contracts:
+            for part in ("initial", "current"):
+                terms = contract.get(part)
+                if not isinstance(terms, Mapping):
+                    continue
+                for key in ("commits", "credits", "scheduled_charges"):
+                    for item in terms.get(key) or []:
+                        if isinstance(item, Mapping):
+                            note(item.get("product"))
+        for item in data.balances:
+            note(item.get("product"))
+        for invoice in data.invoices[:1]:  # one invoice names the usage products
+            for line in invoice.get("line_items") or []:
+                if isinstance(line, Mapping) and isinstance(line.get("product_id"), str):
+                    found.setdefault(line["product_id"].lower(), str(line.get("name") or ""))
+        return found
+
+    def _mint(self) -> str:
+        """A new UUID (version 4 layout), unique within this server."""
+        self._mint_seq += 1
+        digest = hashlib.sha256(f"metronome:{self._mint_seq}".encode()).digest()[:16]
+        return str(uuid.UUID(bytes=digest, version=4))
+
+    def expire_idempotency_keys(self) -> int:
+        """Forget every answered `Idempotency-Key` (Metronome keeps them at least 24 hours);
+        `uniqueness_key`s are never forgotten."""
+        return self._keys.expire()
 
     # --- usage -------------------------------------------------------------------------------
 

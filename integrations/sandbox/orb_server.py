@@ -7,23 +7,44 @@ default 20) and an opaque `cursor`; bracket filters (`customer_id[]`, `status[]`
 `invoice_date[gte]`…); RFC 7807 errors whose `type` is `https://docs.withorb.com/reference/
 error-responses#<code>`.
 
-Reads only for now. Routes live in one table of `(method, pattern, handler)`, so the approval-gated
-writes (credit ledger entries, with `Idempotency-Key` replay and `Idempotent-Replayed: true`) can be
-added later as further rows without touching the dispatch.
+Writes: `POST /customers/{id}/credits/ledger_entry` (also by `external_customer_id`) with
+`entry_type: increment` adds a credit block and a ledger entry (answered 201 with the entry, as the
+spec says); both then show in `GET …/credits` (the balance) and `GET …/credits/ledger`. Other
+entry types are refused (the sandbox has no use for them). Writes live in an overlay per server
+instance: the world's shared objects are never changed.
+
+Idempotency as Orb documents it: `Idempotency-Key` (at most 64 characters) is echoed on the
+answer; the same key and payload replays the first success with `Idempotent-Replayed: true`; the
+same key with another payload is 409 `resource_conflict`; a duplicate while the first request is
+still running is 409 `resource_conflict` too ("still in progress", retry later with the same
+key); failed requests are not stored. The key is claimed before anything awaits, and the write
+applies in one synchronous step after the optional `write_delay`, so concurrent requests make one
+entry.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import hashlib
+import json
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any, Final, Protocol
 from urllib.parse import unquote
 
+from integrations.sandbox.idempotency import (
+    MISMATCH,
+    IdempotencyStore,
+    InFlight,
+    Replay,
+    fingerprint,
+)
 from integrations.sandbox.wire import WireRequest, WireResponse
 
 ERROR_TYPE: Final = "https://docs.withorb.com/reference/error-responses#{code}"
@@ -32,6 +53,23 @@ MAX_LIMIT: Final = 100
 _INVOICE_DEFAULT_STATUSES: Final = ("issued", "paid", "synced")
 _INVOICE_STATUSES: Final = frozenset({"draft", "issued", "paid", "synced", "void"})
 _SUBSCRIPTION_STATUSES: Final = frozenset({"active", "ended", "upcoming"})
+#: Orb's documented limit on `Idempotency-Key`.
+MAX_IDEMPOTENCY_KEY: Final = 64
+_ENTRY_TYPES: Final = frozenset(
+    {"increment", "decrement", "expiration_change", "void", "amendment"}
+)
+#: `AddIncrementCreditLedgerEntryRequestParams` (spec: `additionalProperties: false`).
+_INCREMENT_FIELDS: Final = frozenset(
+    {
+        "entry_type", "amount", "currency", "description", "metadata", "expiry_date",
+        "effective_date", "per_unit_cost_basis", "invoice_settings", "filters",
+    }
+)  # fmt: skip
+_LEDGER_ENTRY_TYPES: Final = frozenset(
+    {"increment", "decrement", "expiration_change", "credit_block_expiry", "void",
+     "void_initiated", "amendment"}
+)  # fmt: skip
+_B62: Final = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
 # --- the part of the sandbox world this server reads ------------------------------------------
@@ -111,14 +149,26 @@ def _not_found(what: str, ident: str) -> OrbApiError:
     )
 
 
-def _invalid(param: str, message: str) -> OrbApiError:
+def _invalid(param: str, message: str, where: str = "query") -> OrbApiError:
     return OrbApiError(
         400,
         "400-request-validation-errors",
         "Request validation error",
         f"{param}: {message}",
-        validation_errors=[{"loc": ["query", param], "msg": message}],
+        validation_errors=[{"loc": [where, param], "msg": message}],
     )
+
+
+def _body_invalid(param: str, message: str) -> OrbApiError:
+    return _invalid(param, message, "body")
+
+
+def _constraint(detail: str) -> OrbApiError:
+    return OrbApiError(400, "400-constraint-violation", "Constraint violation", detail)
+
+
+def _conflict(detail: str) -> OrbApiError:
+    return OrbApiError(409, "409-resource-conflict", "Resource conflict", detail)
 
 
 # --- routing ----------------------------------------------------------------------------------
@@ -131,14 +181,31 @@ class _Route:
     method: str
     pattern: re.Pattern[str]
     handler: Handler
+    write: bool = False
 
 
 class OrbSandboxServer:
-    """Orb's API over the sandbox world. `api_key=None` accepts any non-empty Bearer key."""
+    """Orb's API over the sandbox world. `api_key=None` accepts any non-empty Bearer key;
+    `write_delay`: seconds a write waits after claiming its key, before it applies."""
 
-    def __init__(self, world: OrbWorld, *, api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        world: OrbWorld,
+        *,
+        api_key: str | None = None,
+        write_delay: float = 0.0,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
         self.world = world
         self.api_key = api_key
+        self.write_delay = write_delay
+        self._keys = IdempotencyStore()
+        started = time.monotonic()
+        self._clock = clock or (lambda: world.now + timedelta(seconds=time.monotonic() - started))
+        self._mint_seq = 0
+        #: The write overlay, per Orb customer ID: blocks and ledger entries added here.
+        self._new_blocks: dict[str, list[dict[str, Any]]] = {}
+        self._new_entries: dict[str, list[dict[str, Any]]] = {}
         # The world generates an account's objects on first access; index only the account list
         # (Orb customer ID → our account ID, which is the Orb `external_customer_id`) so that
         # serving one customer never builds the others.
@@ -152,17 +219,23 @@ class OrbSandboxServer:
             ("GET", "/customers", self._list_customers),
             ("GET", "/customers/external_customer_id/{ext}", self._get_customer),
             ("GET", "/customers/external_customer_id/{ext}/credits", self._list_credits),
+            ("GET", "/customers/external_customer_id/{ext}/credits/ledger", self._list_ledger),
+            ("POST", "/customers/external_customer_id/{ext}/credits/ledger_entry",
+             self._create_ledger_entry),
             ("GET", "/customers/external_customer_id/{ext}/costs", self._list_costs),
             ("GET", "/customers/{cid}", self._get_customer),
             ("GET", "/customers/{cid}/credits", self._list_credits),
+            ("GET", "/customers/{cid}/credits/ledger", self._list_ledger),
+            ("POST", "/customers/{cid}/credits/ledger_entry", self._create_ledger_entry),
             ("GET", "/customers/{cid}/costs", self._list_costs),
             ("GET", "/subscriptions", self._list_subscriptions),
             ("GET", "/subscriptions/{sid}", self._get_subscription),
             ("GET", "/invoices", self._list_invoices),
             ("GET", "/invoices/{iid}", self._get_invoice),
-        ):
+        ):  # fmt: skip
             regex = re.sub(r"\{(\w+)\}", lambda m: seg.format(m.group(1)), path)
-            self._routes.append(_Route(method, re.compile(f"^/v1{regex}/?$"), handler))
+            pattern = re.compile(f"^/v1{regex}/?$")
+            self._routes.append(_Route(method, pattern, handler, write=method == "POST"))
 
     async def handle(self, request: WireRequest) -> WireResponse:
         """Answer one request: authenticate, route, and turn `OrbApiError`s into RFC 7807."""
@@ -172,12 +245,66 @@ class OrbSandboxServer:
                 match = route.pattern.match(request.path)
                 if match and route.method == request.method:
                     params = {k: unquote(v) for k, v in match.groupdict().items()}
+                    if route.write:
+                        return await self._write(route, request, params)
                     return await route.handler(request, params)
             raise OrbApiError(
                 404, "404-url-not-found", "URL not found", f"{request.method} {request.path}"
             )
         except OrbApiError as exc:
             return exc.response()
+
+    async def _write(
+        self, route: _Route, request: WireRequest, params: Mapping[str, str]
+    ) -> WireResponse:
+        """A write under Orb's idempotency rules (module docstring)."""
+        key = request.headers.get("idempotency-key")
+        if key is None:
+            return await self._apply(route, request, params)
+        if not key or len(key) > MAX_IDEMPOTENCY_KEY:
+            raise _invalid(
+                "Idempotency-Key", f"must be 1 to {MAX_IDEMPOTENCY_KEY} characters", "header"
+            )
+        try:
+            payload: Any = json.loads(request.body) if request.body else {}
+        except ValueError:
+            payload = request.body.decode(errors="replace")
+        echo = {"Idempotency-Key": key}
+        # Checked and claimed in one synchronous step: no await before the claim is recorded.
+        verdict = self._keys.claim(key, fingerprint(request.method, request.path, payload))
+        if verdict is MISMATCH:
+            raise _conflict(
+                "This Idempotency-Key was already used with a different request payload."
+            )
+        if isinstance(verdict, InFlight):
+            raise _conflict(
+                "A request with this Idempotency-Key is still in progress; retry later with "
+                "the same key."
+            )
+        if isinstance(verdict, Replay):
+            stored = verdict.response
+            headers = {**stored.headers, **echo, "Idempotent-Replayed": "true"}
+            return WireResponse(stored.status, stored.body, headers)
+        try:
+            answer = await self._apply(route, request, params)
+        except BaseException:
+            self._keys.release(key)  # only successes are kept: a retry runs again
+            raise
+        answer = WireResponse(answer.status, answer.body, {**answer.headers, **echo})
+        self._keys.finish(key, answer)
+        return answer
+
+    async def _apply(
+        self, route: _Route, request: WireRequest, params: Mapping[str, str]
+    ) -> WireResponse:
+        """Wait `write_delay`, then run the write handler (which does not await)."""
+        if self.write_delay:
+            await asyncio.sleep(self.write_delay)
+        return await route.handler(request, params)
+
+    def expire_idempotency_keys(self) -> int:
+        """Forget every answered idempotency key, as Orb does after 48 hours."""
+        return self._keys.expire()
 
     def _authenticate(self, request: WireRequest) -> None:
         auth = request.headers.get("authorization", "")
@@ -341,7 +468,7 @@ class OrbSandboxServer:
         now = self.world.now
         blocks = [
             b
-            for b in data.credit_blocks
+            for b in self._blocks_of(data)
             if include_all
             or (
                 Decimal(str(b.get("balance", 0))) != 0
@@ -350,6 +477,167 @@ class OrbSandboxServer:
         ]
         blocks = _filter_times(blocks, "effective_date", request)
         return _page(blocks, request)
+
+    async def _list_ledger(self, request: WireRequest, params: Mapping[str, str]) -> WireResponse:
+        data = self._customer_data(params)
+        currency = request.q("currency")
+        cust_currency = str(data.customer.get("currency") or "").upper()
+        if currency and currency.upper() not in (cust_currency, "CREDITS"):
+            return _page([], request)
+        entry_type = request.q("entry_type")
+        if entry_type is not None and entry_type not in _LEDGER_ENTRY_TYPES:
+            raise _invalid("entry_type", f"must be one of {sorted(_LEDGER_ENTRY_TYPES)}")
+        status = request.q("entry_status")
+        if status is not None and status not in ("committed", "pending"):
+            raise _invalid("entry_status", "must be `committed` or `pending`")
+        minimum = request.q("minimum_amount")
+        try:
+            floor = Decimal(minimum) if minimum else None
+        except InvalidOperation:
+            raise _invalid("minimum_amount", "must be a number") from None
+        entries = [
+            e
+            for e in self._entries_of(data)
+            if (entry_type is None or e.get("entry_type") == entry_type)
+            and (status is None or e.get("entry_status") == status)
+            and (floor is None or Decimal(str(e.get("amount", 0))) >= floor)
+        ]
+        entries = _filter_times(entries, "created_at", request)
+        # Newest first: the highest ledger sequence number leads.
+        entries.sort(key=lambda e: int(e.get("ledger_sequence_number") or 0), reverse=True)
+        return _page(entries, request)
+
+    async def _create_ledger_entry(
+        self, request: WireRequest, params: Mapping[str, str]
+    ) -> WireResponse:
+        # No await from here on: validation and the new block and entry are one step.
+        data = self._customer_data(params)
+        try:
+            body = json.loads(request.body, parse_float=Decimal) if request.body else None
+        except ValueError:
+            raise _body_invalid("body", "is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise _body_invalid("body", "must be a JSON object")
+        entry_type = body.get("entry_type")
+        if entry_type not in _ENTRY_TYPES:
+            raise _body_invalid("entry_type", f"must be one of {sorted(_ENTRY_TYPES)}")
+        if entry_type != "increment":
+            raise _constraint(f"The sandbox supports only `increment` entries, not {entry_type}.")
+        unknown = sorted(set(body) - _INCREMENT_FIELDS)
+        if unknown:
+            raise _body_invalid(unknown[0], "extra fields not permitted")
+        amount = body.get("amount")
+        if isinstance(amount, bool) or not isinstance(amount, int | Decimal):
+            raise _body_invalid("amount", "field required and must be a number")
+        amount = Decimal(amount)
+        if amount <= 0:
+            raise _constraint("An increment must add a positive amount of credits.")
+        cust_currency = str(data.customer.get("currency") or "")
+        currency = body.get("currency")
+        if currency is not None and not isinstance(currency, str):
+            raise _body_invalid("currency", "must be a string")
+        if currency is not None and currency.upper() != cust_currency.upper():
+            raise _constraint(
+                f"Currency {currency} does not match the customer's invoicing currency "
+                f"{cust_currency or '(none)'}; the sandbox keeps one ledger per customer."
+            )
+        description = body.get("description")
+        if description is not None and not isinstance(description, str):
+            raise _body_invalid("description", "must be a string")
+        metadata = body.get("metadata")
+        if metadata is not None and (
+            not isinstance(metadata, dict)
+            or not all(isinstance(v, str | None) for v in metadata.values())
+        ):
+            raise _body_invalid("metadata", "must map keys to strings or null")
+        if body.get("invoice_settings") is not None:
+            raise _constraint("The sandbox does not invoice credits (invoice_settings).")
+        if body.get("filters") not in (None, []):
+            raise _constraint("The sandbox does not support block filters.")
+        cost_basis = body.get("per_unit_cost_basis")
+        if cost_basis is not None and not isinstance(cost_basis, str):
+            raise _body_invalid("per_unit_cost_basis", "must be a string")
+        now = self._clock().replace(microsecond=0)
+        effective = _body_time(body, "effective_date") or now
+        expiry = _body_time(body, "expiry_date")
+        if expiry is not None and expiry <= effective:
+            raise _constraint("expiry_date must be after effective_date.")
+        customer = data.customer
+        cid = str(customer["id"])
+        starting = sum(
+            (Decimal(str(b.get("balance", 0))) for b in self._live_blocks(data)), Decimal(0)
+        )
+        block_id = self._mint()
+        block = {
+            "id": block_id,
+            "balance": float(amount),
+            "credit_allocation": None,
+            "credit_block_source": "manual",
+            "credit_commitment": None,
+            "effective_date": effective.isoformat(),
+            "expiry_date": expiry.isoformat() if expiry else None,
+            "filters": [],
+            "maximum_initial_balance": float(amount),
+            "metadata": {},
+            "per_unit_cost_basis": cost_basis,
+            "status": "active",
+        }
+        sequence = max(
+            (int(e.get("ledger_sequence_number") or 0) for e in self._entries_of(data)), default=0
+        )
+        entry = {
+            "id": self._mint(),
+            "amount": float(amount),
+            "created_at": now.isoformat(),
+            "credit_block": {
+                "id": block_id,
+                "expiry_date": block["expiry_date"],
+                "filters": [],
+                "per_unit_cost_basis": cost_basis,
+            },
+            "currency": cust_currency.upper() or "USD",
+            "customer": {
+                "id": cid,
+                "external_customer_id": customer.get("external_customer_id"),
+            },
+            "description": description,
+            "ending_balance": float(starting + amount),
+            "entry_status": "committed",
+            "entry_type": "increment",
+            "ledger_sequence_number": sequence + 1,
+            "metadata": {k: v for k, v in (metadata or {}).items() if v is not None},
+            "starting_balance": float(starting),
+            "created_invoices": None,
+        }
+        self._new_blocks.setdefault(cid, []).append(block)
+        self._new_entries.setdefault(cid, []).append(entry)
+        return WireResponse.of_json(entry, status=201)
+
+    def _blocks_of(self, data: _OrbData) -> list[dict[str, Any]]:
+        """The customer's credit blocks: the world's, then those added here."""
+        return [*data.credit_blocks, *self._new_blocks.get(str(data.customer["id"]), [])]
+
+    def _entries_of(self, data: _OrbData) -> list[dict[str, Any]]:
+        """The customer's ledger entries: the world's, then those added here."""
+        return [*data.ledger_entries, *self._new_entries.get(str(data.customer["id"]), [])]
+
+    def _live_blocks(self, data: _OrbData) -> list[dict[str, Any]]:
+        now = self.world.now
+        return [
+            b
+            for b in self._blocks_of(data)
+            if (exp := _parse_time(b.get("expiry_date"))) is None or exp > now
+        ]
+
+    def _mint(self) -> str:
+        """A new opaque Orb ID (16 base62 characters), unique within this server."""
+        self._mint_seq += 1
+        value = int.from_bytes(hashlib.sha256(f"orb:{self._mint_seq}".encode()).digest())
+        chars = []
+        for _ in range(16):
+            value, digit = divmod(value, 62)
+            chars.append(_B62[digit])
+        return "".join(chars)
 
     async def _list_costs(self, request: WireRequest, params: Mapping[str, str]) -> WireResponse:
         data = self._customer_data(params)
@@ -497,6 +785,16 @@ def _cumulative(buckets: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _money_str(value: Decimal) -> str:
     return f"{value:f}"
+
+
+def _body_time(body: Mapping[str, Any], name: str) -> datetime | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    parsed = _parse_time(value) if isinstance(value, str) else None
+    if parsed is None:
+        raise _body_invalid(name, "must be an ISO 8601 date-time")
+    return parsed
 
 
 def _query_time(request: WireRequest, name: str) -> datetime | None:

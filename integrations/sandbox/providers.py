@@ -1,17 +1,17 @@
-"""The sandbox as `BillingProvider`s: the real Stripe, Orb and Metronome clients talking to the
-sandbox servers through an in-process transport, so the sandbox exercises the same parsing and
-HTTP policy as production."""
+"""The sandbox as `BillingProvider`s and `BillingWriter`s: the real Stripe, Orb and Metronome
+clients talking to the sandbox servers through an in-process transport, so the sandbox exercises
+the same parsing, HTTP policy and idempotent writes as production. Each call builds fresh servers:
+their write state (refunds, credits, idempotency keys) lives as long as the returned clients."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
 
-from bot.domain.ports import BillingProvider
 from integrations.http import RetryPolicy
 from integrations.metronome import MetronomeBillingProvider
 from integrations.orb import OrbBillingProvider
-from integrations.sandbox.metronome_server import MetronomeSandboxServer
+from integrations.sandbox.metronome_server import SANDBOX_CREDIT_PRODUCT_ID, MetronomeSandboxServer
 from integrations.sandbox.orb_server import OrbSandboxServer
 from integrations.sandbox.stripe_server import StripeSandboxServer
 from integrations.sandbox.wire import RouterTransport
@@ -35,14 +35,19 @@ SANDBOX_KEYS = {
 SANDBOX_POLICY = RetryPolicy(backoff_base=0.05, backoff_max=0.2, max_retry_after=0.5, deadline=10)
 
 
+#: A sandbox client: a `BillingProvider` and a `BillingWriter` at once.
+SandboxProvider = StripeBillingProvider | OrbBillingProvider | MetronomeBillingProvider
+
+
 def sandbox_providers(
     world: SandboxWorld | None = None,
     *,
     usage_days: int = 35,
     clock: Callable[[], datetime] | None = None,
-) -> dict[str, BillingProvider]:
+) -> dict[str, SandboxProvider]:
     """Stripe, Orb and Metronome clients backed by the sandbox world (`clock`: the clients'
-    "now", e.g. a test world's fixed date)."""
+    "now", e.g. a test world's fixed date). Each implements `BillingProvider` and
+    `BillingWriter`; Metronome credits use the sandbox's catalogue credit product."""
     world = world or build_world()
     return {
         "stripe": StripeBillingProvider(
@@ -70,6 +75,7 @@ def sandbox_providers(
             ),
             usage_days=usage_days,
             clock=clock,
+            credit_product_id=SANDBOX_CREDIT_PRODUCT_ID,
         ),
     }
 

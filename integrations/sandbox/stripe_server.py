@@ -10,28 +10,54 @@ envelopes, `limit` 1–100 with `starting_after`/`ending_before`, bracketed para
 percent-encoded, `parameter_unknown` for parameters Stripe would not accept, and
 `{"error": {type, code, message, param}}` bodies.
 
-Every POST goes through one idempotency store (same key and body: the first answer is replayed;
-same key, other body: 400 `idempotency_error`), so writes such as `POST /v1/refunds` only need a
-route. An account's objects are deep-copied from the world when a request first concerns it (the
-world generates accounts lazily, so the server does too), and writes may change them in place.
+Writes (what the approval flow calls): `POST /v1/refunds` (by charge or payment intent; raises the
+charge's `amount_refunded`, sets `refunded` when nothing is left, and the refund then shows in
+`GET /v1/refunds`, in the charge's expanded `refunds` and so in the client's snapshot) and
+`POST /v1/customers/{id}/balance_transactions` (changes the customer's `balance`; listed by
+`GET /v1/customers/{id}/balance_transactions`). They validate like Stripe: unknown charge 404
+`resource_missing`; nothing left 400 `charge_already_refunded`; more than is left 400
+`amount_too_large` with Stripe's "Refund amount ($60.00) is greater than unrefunded amount on
+charge ($50.00)"; a charged-back charge 400 `charge_disputed`; bad amounts 400.
+
+Every POST with an `Idempotency-Key` goes through one `IdempotencyStore`: same key and body
+replays the first answer (500s included; `Idempotent-Replayed: true`); same key, other body is 400
+`idempotency_error`; a duplicate while the first is still running is 409
+`idempotency_key_in_use` (Stripe's answer: retry later with the same key); answers that failed
+validation are not stored. The key is claimed before anything awaits, and a write validates and
+applies in one synchronous step after the optional `write_delay`, so concurrent requests can never
+make two objects for one key, nor refund more than a charge has left.
+
+An account's objects are deep-copied from the world when a request first concerns it (the world
+generates accounts lazily, so the server does too): the world's shared objects are never changed,
+writes change this server's copies only.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import calendar
 import copy
+import dataclasses
 import hashlib
-import json
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, Protocol
 
+from bot.domain.money import Money
 from integrations.sandbox.accounts import digest as _digest
+from integrations.sandbox.idempotency import (
+    MISMATCH,
+    IdempotencyStore,
+    InFlight,
+    Replay,
+    fingerprint,
+)
 from integrations.sandbox.wire import WireRequest, WireResponse
 
 JSON = dict[str, Any]
@@ -234,6 +260,29 @@ def _check_params(params: JSON, allowed: frozenset[str]) -> None:
 LIST_PARAMS = frozenset({"limit", "starting_after", "ending_before", "expand"})
 
 
+def _metadata(raw: Any) -> dict[str, str]:
+    """Validated `metadata[...]`: at most 50 keys of up to 40 characters, values up to 500."""
+    if raw is None or raw == "":
+        return {}
+    if not isinstance(raw, dict):
+        raise _invalid("Invalid object", "metadata")
+    if len(raw) > 50:
+        raise _invalid("You can specify up to 50 keys in metadata.", "metadata")
+    out: dict[str, str] = {}
+    for key, value in raw.items():
+        if not isinstance(value, str):
+            raise _invalid("Invalid metadata value: nested objects are not allowed.", "metadata")
+        if len(key) > 40:
+            raise _invalid("Metadata keys can be at most 40 characters long.", f"metadata[{key}]")
+        if len(value) > 500:
+            raise _invalid(
+                "Metadata values can be at most 500 characters long.", f"metadata[{key}]"
+            )
+        if value != "":  # an empty value unsets the key
+            out[key] = value
+    return out
+
+
 # --- object completion: every key Stripe sends for the object type ----------------------------
 
 _ADDRESS = {"city": None, "country": None, "line1": None, "line2": None, "postal_code": None,
@@ -371,6 +420,11 @@ _TEMPLATES: dict[str, JSON] = {
         "value_settings": {"event_payload_key": "value"},
     },
     "billing.meter_event_summary": {"livemode": False},
+    "customer_balance_transaction": {
+        "checkout_session": None, "credit_note": None, "customer_account": None,
+        "description": None, "invoice": None, "livemode": False, "metadata": {},
+        "type": "adjustment",
+    },
 }  # fmt: skip
 
 
@@ -530,12 +584,11 @@ class _Route:
     pattern: re.Pattern[str]
     handler: Handler
     allowed: frozenset[str]
+    write: bool = False  # changes state: the write delay and scripted write failures apply
 
 
-@dataclass(slots=True)
-class _Stored:
-    fingerprint: str
-    response: WireResponse
+_REFUND_REASONS = ("duplicate", "fraudulent", "requested_by_customer")
+_B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
 def _ts(dt: datetime) -> int:
@@ -552,10 +605,28 @@ class StripeSandboxServer:
     `api_key`: the one key accepted (any well-formed `sk_`/`rk_` key when None).
     """
 
-    def __init__(self, world: StripeWorldLike, *, api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        world: StripeWorldLike,
+        *,
+        api_key: str | None = None,
+        write_delay: float = 0.0,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
         self._api_key = api_key
         self._request_seq = 0
-        self._idempotency: dict[str, _Stored] = {}
+        self._mint_seq = 0
+        self._keys = IdempotencyStore()
+        #: Seconds every write waits after claiming its key and before it applies (tests widen
+        #: the race window with it).
+        self.write_delay = write_delay
+        self._broken_writes = 0
+        started, base = time.monotonic(), getattr(world, "now", None)
+        self._clock = clock or (
+            (lambda: base + timedelta(seconds=time.monotonic() - started))
+            if isinstance(base, datetime)
+            else (lambda: datetime.now(UTC))
+        )
         self.customers: dict[str, JSON] = {}
         self.subscriptions: dict[str, JSON] = {}
         self.invoices: dict[str, JSON] = {}
@@ -565,6 +636,7 @@ class StripeSandboxServer:
         self.payment_intents: dict[str, JSON] = {}
         self.refunds: dict[str, JSON] = {}
         self.disputes: dict[str, JSON] = {}
+        self.balance_transactions: dict[str, JSON] = {}
         self.prices: dict[str, JSON] = {}
         self.products: dict[str, JSON] = {}
         self.meters: dict[str, JSON] = {}
@@ -683,6 +755,9 @@ class StripeSandboxServer:
                 if kind == "charge":
                     obj_copy.pop("refunds", None)  # includable: served only when expanded
                 target[str(obj_copy["id"])] = obj_copy
+        for txn in getattr(data, "balance_transactions", None) or []:
+            txn_copy = copy.deepcopy(dict(txn))
+            self.balance_transactions[str(txn_copy["id"])] = txn_copy
         meters = data.meters
         for meter in meters.values() if isinstance(meters, Mapping) else meters or []:
             self.meters[str(meter["id"])] = copy.deepcopy(dict(meter))
@@ -713,10 +788,17 @@ class StripeSandboxServer:
             pattern = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", path) + "$")
             return _Route(method, pattern, handler, frozenset(allowed))
 
+        def write(path: str, handler: Handler, *allowed: str) -> _Route:
+            return dataclasses.replace(route("POST", path, handler, *allowed), write=True)
+
         lp = tuple(LIST_PARAMS)
         return [
             route("GET", "/v1/customers/search", self._search_customers,
                   "query", "limit", "page", "expand"),
+            route("GET", "/v1/customers/{id}/balance_transactions",
+                  self._list_balance_transactions, *lp, "created", "invoice"),
+            write("/v1/customers/{id}/balance_transactions", self._create_balance_transaction,
+                  "amount", "currency", "description", "metadata", "expand", "invoice"),
             route("GET", "/v1/customers/{id}", self._get_customer, "expand"),
             route("GET", "/v1/customers", self._list_customers,
                   *lp, "email", "created", "test_clock"),
@@ -739,6 +821,11 @@ class StripeSandboxServer:
             route("GET", "/v1/charges/{id}", self._get_charge, "expand"),
             route("GET", "/v1/charges", self._list_charges,
                   *lp, "customer", "created", "payment_intent", "transfer_group"),
+            route("GET", "/v1/payment_intents/{id}", self._get_payment_intent, "expand",
+                  "client_secret"),
+            write("/v1/refunds", self._create_refund,
+                  "charge", "payment_intent", "amount", "reason", "metadata", "expand",
+                  "instructions_email", "refund_application_fee", "reverse_transfer", "origin"),
             route("GET", "/v1/refunds/{id}", self._get_refund, "expand"),
             route("GET", "/v1/refunds", self._list_refunds,
                   *lp, "charge", "payment_intent", "created"),
@@ -773,7 +860,7 @@ class StripeSandboxServer:
             _check_params(params, route.allowed)
             if request.method == "POST" and idem_key:
                 return await self._idempotent(request, idem_key, route, params, match, headers)
-            body = await route.handler(request, params, match)
+            body = await self._run(route, request, params, match)
             return WireResponse.of_json(body, headers=headers)
         except StripeApiError as err:
             return WireResponse.of_json(err.body(request_id), status=err.status, headers=headers)
@@ -829,36 +916,71 @@ class StripeSandboxServer:
     ) -> WireResponse:
         if len(key) > 255:
             raise _invalid("Idempotency keys are limited to 255 characters.", "idempotency_key")
-        fingerprint = hashlib.sha256(
-            f"{request.method} {request.path} ".encode()
-            + json.dumps(params, sort_keys=True).encode()
-        ).hexdigest()
-        stored = self._idempotency.get(key)
-        if stored is not None:
-            if stored.fingerprint != fingerprint:
-                raise StripeApiError(
-                    400,
-                    "Keys for idempotent requests can only be used with the same parameters they "
-                    f"were first used with. Try using a key other than '{key}' if you meant to "
-                    "execute a different request.",
-                    type_="idempotency_error",
-                )
+        # Checked and claimed in one synchronous step: no await before the claim is recorded.
+        verdict = self._keys.claim(key, fingerprint(request.method, request.path, params))
+        if verdict is MISMATCH:
+            raise StripeApiError(
+                400,
+                "Keys for idempotent requests can only be used with the same parameters they "
+                f"were first used with. Try using a key other than '{key}' if you meant to "
+                "execute a different request.",
+                type_="idempotency_error",
+            )
+        if isinstance(verdict, InFlight):
+            raise StripeApiError(
+                409,
+                "There is currently another in-progress request using this Idempotent Key "
+                "(that probably means you submitted twice, and the other request is still going "
+                f"through): {key}. Please try again later.",
+                type_="idempotency_error",
+                code="idempotency_key_in_use",
+            )
+        if isinstance(verdict, Replay):
+            stored = verdict.response
             return WireResponse(
-                status=stored.response.status,
-                body=stored.response.body,
-                headers={**stored.response.headers, **headers, "idempotent-replayed": "true"},
+                status=stored.status,
+                body=stored.body,
+                headers={**stored.headers, **headers, "idempotent-replayed": "true"},
             )
         try:
-            body = await route.handler(request, params, match)
+            body = await self._run(route, request, params, match)
             response = WireResponse.of_json(body, headers=headers)
         except StripeApiError as err:
             if err.status < 500:
-                raise  # validation failures are not stored: a retry with the key is safe
+                self._keys.release(key)  # validation failures are not stored: a retry is safe
+                raise
             response = WireResponse.of_json(
                 err.body(headers["request-id"]), status=err.status, headers=headers
             )
-        self._idempotency[key] = _Stored(fingerprint, response)
+        except BaseException:
+            self._keys.release(key)
+            raise
+        self._keys.finish(key, response)
         return response
+
+    async def _run(
+        self, route: _Route, request: WireRequest, params: JSON, match: re.Match[str]
+    ) -> Any:
+        """Run a handler; a write first waits `write_delay` (its key already claimed), then
+        validates and applies without awaiting again, so concurrent writes cannot interleave."""
+        if route.write:
+            if self.write_delay:
+                await asyncio.sleep(self.write_delay)
+            if self._broken_writes:
+                self._broken_writes -= 1
+                raise StripeApiError(500, "An unknown error occurred", type_="api_error")
+        return await route.handler(request, params, match)
+
+    # -- test controls ---------------------------------------------------------------------------
+
+    def break_writes(self, times: int = 1) -> None:
+        """The next `times` writes fail with a 500 before changing anything; a write with an
+        idempotency key stores that 500, so its retries get it replayed, as in Stripe."""
+        self._broken_writes += times
+
+    def expire_idempotency_keys(self) -> int:
+        """Forget every answered idempotency key, as Stripe may after 24 hours."""
+        return self._keys.expire()
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -1417,6 +1539,204 @@ class StripeSandboxServer:
         ]  # fmt: skip
         page = self._page(items, params, "/v1/refunds")
         page["data"] = [complete("refund", r) for r in page["data"]]
+        return page
+
+    async def _get_payment_intent(self, _r: WireRequest, params: JSON, m: re.Match[str]) -> JSON:
+        expand = self._expand(params, ("latest_charge",))
+        self._load_for(m["id"])
+        intent = self.payment_intents.get(m["id"])
+        if intent is None:
+            raise _missing("payment_intent", m["id"])
+        out = complete("payment_intent", intent)
+        latest = self.charges.get(str(intent.get("latest_charge")))
+        if "latest_charge" in expand and latest is not None:
+            out["latest_charge"] = complete("charge", latest)
+        return out
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    def _mint(self, prefix: str) -> str:
+        """A new object ID in Stripe's style (`re_…`, `cbtxn_…`), unique within this server."""
+        self._mint_seq += 1
+        value = int.from_bytes(hashlib.sha256(f"{prefix}:{self._mint_seq}".encode()).digest())
+        body = ""
+        for _ in range(24):
+            value, digit = divmod(value, 62)
+            body += _B62[digit]
+        return f"{prefix}_{body}"
+
+    def _now(self) -> int:
+        return _ts(self._clock())
+
+    async def _create_refund(self, _r: WireRequest, params: JSON, _m: re.Match[str]) -> JSON:
+        # Everything below is synchronous: validation and the change to the charge happen in
+        # one step, so concurrent refunds of one charge can never take more than it has left.
+        self._expand(params, ())
+        charge_id, intent_id = params.get("charge"), params.get("payment_intent")
+        if charge_id and intent_id:
+            raise _invalid("You may only specify one of these parameters: charge, payment_intent.")
+        if not charge_id and not intent_id:
+            raise _invalid(
+                "One of the following params should be provided for this request: "
+                "payment_intent or charge.",
+                code="parameter_missing",
+            )
+        if intent_id:
+            self._load_for(intent_id)
+            intent = self.payment_intents.get(str(intent_id))
+            if intent is None:
+                raise _missing("payment_intent", str(intent_id), "payment_intent")
+            charge_id = intent.get("latest_charge")
+            latest = self.charges.get(str(charge_id))
+            if intent.get("status") != "succeeded" or latest is None:
+                raise StripeApiError(
+                    400,
+                    f"This PaymentIntent ({intent_id}) does not have a successful charge to "
+                    "refund.",
+                    param="payment_intent",
+                )
+        self._load_for(charge_id)
+        charge = self.charges.get(str(charge_id))
+        if charge is None:
+            raise _missing("charge", str(charge_id), "charge")
+        amount = _int(params, "amount")
+        if amount is not None and amount < 1:
+            raise _invalid(
+                "This value must be greater than or equal to 1.",
+                "amount",
+                "parameter_invalid_integer",
+            )
+        reason = params.get("reason")
+        if reason is not None and reason not in _REFUND_REASONS:
+            raise _invalid(f"Invalid reason: must be one of {', '.join(_REFUND_REASONS)}", "reason")
+        metadata = _metadata(params.get("metadata"))
+        if charge.get("status") != "succeeded":
+            raise StripeApiError(
+                400,
+                f"Charge {charge['id']} has a status of {charge.get('status')} and cannot be "
+                "refunded.",
+                param="charge",
+            )
+        if charge.get("disputed") and not any(
+            d.get("is_charge_refundable")
+            for d in self.disputes.values()
+            if d.get("charge") == charge["id"]
+        ):
+            raise StripeApiError(
+                400,
+                f"Charge {charge['id']} has been charged back; you cannot issue a refund.",
+                code="charge_disputed",
+                param="charge",
+            )
+        captured = int(charge.get("amount_captured") or charge.get("amount") or 0)
+        remaining = captured - int(charge.get("amount_refunded") or 0)
+        if remaining <= 0:
+            raise StripeApiError(
+                400,
+                f"Charge {charge['id']} has already been refunded.",
+                code="charge_already_refunded",
+                param="charge",
+            )
+        if amount is None:
+            amount = remaining
+        currency = str(charge.get("currency") or "usd")
+        if amount > remaining:
+            raise StripeApiError(
+                400,
+                f"Refund amount ({Money.from_minor(amount, currency).format()}) is greater "
+                f"than unrefunded amount on charge "
+                f"({Money.from_minor(remaining, currency).format()})",
+                code="amount_too_large",
+                param="amount",
+            )
+        refund_id = self._mint("re")
+        refund = {
+            "id": refund_id,
+            "amount": amount,
+            "balance_transaction": self._mint("txn"),
+            "charge": charge["id"],
+            "created": max(self._now(), int(charge.get("created") or 0) + 1),
+            "currency": currency,
+            "customer": charge.get("customer"),
+            "destination_details": {
+                "card": {
+                    "reference": None,
+                    "reference_status": "pending",
+                    "reference_type": "acquirer_reference_number",
+                    "type": "refund",
+                },
+                "type": "card",
+            },
+            "metadata": metadata,
+            "payment_intent": charge.get("payment_intent"),
+            "payment_method": charge.get("payment_method"),
+            "reason": reason,
+            "status": "succeeded",
+        }
+        self.refunds[refund_id] = refund
+        charge["amount_refunded"] = captured - remaining + amount
+        charge["refunded"] = charge["amount_refunded"] >= captured
+        return complete("refund", refund)
+
+    async def _create_balance_transaction(
+        self, _r: WireRequest, params: JSON, m: re.Match[str]
+    ) -> JSON:
+        self._expand(params, ())
+        self._load_for(m["id"])
+        customer = self.customers.get(m["id"])
+        if customer is None or customer.get("deleted"):
+            raise _missing("customer", m["id"])
+        amount = _int(params, "amount")
+        if amount is None:
+            raise _invalid("Missing required param: amount.", "amount", "parameter_missing")
+        if amount == 0:
+            raise _invalid("The amount must be a non-zero integer.", "amount")
+        currency = params.get("currency")
+        if not currency:
+            raise _invalid("Missing required param: currency.", "currency", "parameter_missing")
+        currency = str(currency).lower()
+        own = customer.get("currency")
+        if own and own != currency:
+            raise _invalid(
+                f"The currency {currency} does not match the customer's currency ({own}).",
+                "currency",
+            )
+        description = params.get("description")
+        if description is not None and len(str(description)) > 350:
+            raise _invalid("description must be at most 350 characters.", "description")
+        metadata = _metadata(params.get("metadata"))
+        customer["currency"] = currency
+        customer["balance"] = int(customer.get("balance") or 0) + amount
+        txn = {
+            "id": self._mint("cbtxn"),
+            "amount": amount,
+            "created": self._now(),
+            "currency": currency,
+            "customer": customer["id"],
+            "description": description,
+            "ending_balance": customer["balance"],
+            "invoice": params.get("invoice"),
+            "metadata": metadata,
+            "type": "adjustment",
+        }
+        self.balance_transactions[txn["id"]] = txn
+        return complete("customer_balance_transaction", txn)
+
+    async def _list_balance_transactions(
+        self, _r: WireRequest, params: JSON, m: re.Match[str]
+    ) -> JSON:
+        self._expand(params, ())
+        self._load_for(m["id"])
+        if m["id"] not in self.customers:
+            raise _missing("customer", m["id"])
+        items = [
+            t for t in _sort_newest(self.balance_transactions.values())
+            if t.get("customer") == m["id"]
+            and (params.get("invoice") is None or t.get("invoice") == params["invoice"])
+            and _range_match(t.get("created"), params.get("created"), "created")
+        ]  # fmt: skip
+        page = self._page(items, params, f"/v1/customers/{m['id']}/balance_transactions")
+        page["data"] = [complete("customer_balance_transaction", t) for t in page["data"]]
         return page
 
     async def _get_dispute(self, _r: WireRequest, params: JSON, m: re.Match[str]) -> JSON:

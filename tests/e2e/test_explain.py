@@ -413,7 +413,10 @@ async def test_standard_draft_answers_the_double_charge(
     assert "Hi Globex Corporation," in text
     assert "was paid twice: two charges of $3,063.91" in text
     assert STANDARD_LABEL in text
-    assert "refund" not in text.lower()
+    [draft] = [b for b in blocks_of(final) if b.get("block_id") == "draft_text"]
+    assert "refund" not in draft["text"]["text"].lower()  # the reply promises nothing
+    buttons = [e for b in blocks_of(final) if b["type"] == "actions" for e in b["elements"]]
+    assert "Request refund" in [b["text"]["text"] for b in buttons]  # finance decides, via §4
 
 
 async def test_a_why_mention_is_answered_in_the_thread(

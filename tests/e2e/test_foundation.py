@@ -92,13 +92,13 @@ async def test_argument_errors_are_told_ephemerally(
     assert "Traceback" not in _texts(reply)
 
 
-async def test_valid_arguments_of_unbuilt_subcommands_say_coming_soon(
+async def test_a_refund_without_a_finance_channel_says_it_is_not_set_up(
     running_app: RunningApp,
 ) -> None:
-    """A well-formed refund request is acknowledged as coming soon, echoing what was understood."""
+    """A well-formed refund request with no FINANCE_CHANNEL configured is refused with what to
+    set, before any account is looked up."""
     reply = await running_app.answer("refund acct_1 $25 ch_3Mml duplicate charge")
-    assert "coming soon" in reply["text"]
-    assert "amount 25" in reply["text"] and "payment ch_3Mml" in reply["text"]
+    assert "FINANCE_CHANNEL is not configured" in reply["text"]
 
 
 async def test_unknown_errors_show_only_a_reference_that_is_in_the_log(

@@ -2,6 +2,11 @@
 
 Faults: 429 with or without `Retry-After`, 5xx, slow responses, malformed JSON, hangs (timeouts),
 connection drops, and a fixed latency added to every request (for benchmarks).
+
+A fault applies before the router sees the request (the provider did nothing), or with
+`after=True` once the router has answered (the provider did it, then the client sees a dropped
+connection, a hang, a status or a malformed body instead): "the provider accepted the refund, we
+never saw the answer". `method` narrows a fault to one HTTP method (e.g. only the POST write).
 """
 
 from __future__ import annotations
@@ -29,9 +34,16 @@ class Fault:
     delay: float = 0.0
     path: str | None = None
     times: int | None = 1
+    #: Apply after the router has handled the request (the write happened) instead of before.
+    after: bool = False
+    method: str | None = None
 
-    def matches(self, path: str) -> bool:
-        """True when this fault applies to `path`."""
+    def matches(self, path: str, method: str | None = None, *, after: bool = False) -> bool:
+        """True when this fault applies to `path` (and `method`) at this stage."""
+        if self.after != after:
+            return False
+        if self.method is not None and method is not None and self.method.upper() != method:
+            return False
         return self.path is None or re.search(self.path, path) is not None
 
 
@@ -79,6 +91,25 @@ class FakeProviderServer:
                   body=body if body is not None else b'{"error": "scripted fault"}')
         )  # fmt: skip
 
+    def fail_after(
+        self,
+        kind: FaultKind,
+        *,
+        status: int = 500,
+        path: str | None = None,
+        method: str | None = "POST",
+        times: int | None = 1,
+    ) -> Fault:
+        """Shortcut: let the router handle the request (a write happens), then `kind` instead
+        of its answer (`drop`, `hang`, `status`, `malformed`)."""
+        return self.add_fault(
+            Fault(kind, status=status, path=path, method=method, times=times, after=True)
+        )
+
+    def requests_to(self, path: str, method: str = "POST") -> list[Seen]:
+        """The requests the server received for `path` (a regex) with `method`."""
+        return [r for r in self.requests if r.method == method and re.search(path, r.path)]
+
     def clear_faults(self) -> None:
         """Remove every scripted fault."""
         self.faults.clear()
@@ -108,9 +139,9 @@ class FakeProviderServer:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    def _take_fault(self, path: str) -> Fault | None:
+    def _take_fault(self, path: str, method: str, *, after: bool = False) -> Fault | None:
         for fault in self.faults:
-            if fault.matches(path):
+            if fault.matches(path, method, after=after):
                 if fault.times is not None:
                     fault.times -= 1
                     if fault.times <= 0:
@@ -125,24 +156,11 @@ class FakeProviderServer:
         self.requests.append(Seen(request.method, request.path, query, headers, body))
         if self.latency:
             await asyncio.sleep(self.latency)
-        fault = self._take_fault(request.path)
+        fault = self._take_fault(request.path, request.method)
         if fault is not None:
-            if fault.kind == "hang":
-                await asyncio.sleep(3600)
-            if fault.kind == "drop":
-                transport = request.transport
-                if transport is not None:
-                    transport.close()
-                return web.Response(status=500)
-            if fault.kind == "slow":
-                await asyncio.sleep(fault.delay)
-            elif fault.kind == "malformed":
-                return web.Response(
-                    status=200, body=b'{"data": [ {"id": ', content_type="application/json"
-                )
-            elif fault.kind == "status":
-                return web.Response(status=fault.status, body=fault.body, headers={
-                    "Content-Type": "application/json", **fault.headers})  # fmt: skip
+            faulted = await self._apply(fault, request)
+            if faulted is not None:
+                return faulted
         wire = WireRequest(
             method=request.method,
             path=request.path,
@@ -151,4 +169,29 @@ class FakeProviderServer:
             body=body,
         )
         answer: WireResponse = await self.router.handle(wire)
+        fault = self._take_fault(request.path, request.method, after=True)
+        if fault is not None:
+            faulted = await self._apply(fault, request)
+            if faulted is not None:
+                return faulted
         return web.Response(status=answer.status, body=answer.body, headers=dict(answer.headers))
+
+    @staticmethod
+    async def _apply(fault: Fault, request: web.Request) -> web.StreamResponse | None:
+        """What `fault` answers instead (None: `slow`, which only delays)."""
+        if fault.kind == "hang":
+            await asyncio.sleep(3600)
+        if fault.kind == "drop":
+            transport = request.transport
+            if transport is not None:
+                transport.close()
+            return web.Response(status=500)
+        if fault.kind == "slow":
+            await asyncio.sleep(fault.delay)
+            return None
+        if fault.kind == "malformed":
+            return web.Response(
+                status=200, body=b'{"data": [ {"id": ', content_type="application/json"
+            )
+        return web.Response(status=fault.status, body=fault.body, headers={
+            "Content-Type": "application/json", **fault.headers})  # fmt: skip

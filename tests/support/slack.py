@@ -217,11 +217,14 @@ def view_submission_body(
     *,
     user_id: str,
     private_metadata: str = "",
+    view_id: str = "V0SUBMIT0001",
+    blocks: list[dict[str, Any]] | None = None,
 ) -> str:
     """A modal submission (`view_submission`), form-encoded as `payload=<JSON>`.
 
     `values` is `view.state.values`: `{block_id: {action_id: state}}`; a plain string `state` is
-    taken as a text input's value.
+    taken as a text input's value. `view_id` and `blocks` are the submitted view's (as Slack
+    sends them back), e.g. from a view the fake Slack opened.
     """
     state = {
         block_id: {
@@ -240,10 +243,10 @@ def view_submission_body(
         "token": VERIFICATION_TOKEN,
         "trigger_id": "tr.view.1",
         "view": {
-            "id": "V0SUBMIT0001",
+            "id": view_id,
             "team_id": TEAM_ID,
             "type": "modal",
-            "blocks": [],
+            "blocks": blocks or [],
             "private_metadata": private_metadata,
             "callback_id": callback_id,
             "state": {"values": state},
@@ -254,7 +257,7 @@ def view_submission_body(
             "close": None,
             "submit": {"type": "plain_text", "text": "Submit"},
             "previous_view_id": None,
-            "root_view_id": "V0SUBMIT0001",
+            "root_view_id": view_id,
             "app_id": API_APP_ID,
             "external_id": "",
             "app_installed_team_id": TEAM_ID,

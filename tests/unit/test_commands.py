@@ -19,6 +19,7 @@ from bot.domain.commands import (
     parse_mention,
 )
 from bot.domain.identifiers import IdentifierKind, classify_account, strip_markup
+from bot.domain.money import parse_amount_input
 from bot.errors import InvalidAmount, InvalidIdentifier, UsageError
 
 
@@ -65,7 +66,11 @@ def test_each_subcommand_parses_its_arguments() -> None:
     assert draft.notes == "customer says they were charged twice"
     refund = parse_command("refund jane@acme.com $1,250.50 ch_3Mml duplicate charge")
     assert refund == RefundCommand(
-        classify_account("jane@acme.com"), Decimal("1250.50"), "ch_3Mml", "duplicate charge"
+        classify_account("jane@acme.com"),
+        Decimal("1250.50"),
+        "ch_3Mml",
+        "duplicate charge",
+        parse_amount_input("$1,250.50"),
     )
     no_payment = parse_command("refund acct_1 25 goodwill")
     assert isinstance(no_payment, RefundCommand)
