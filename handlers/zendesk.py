@@ -1,7 +1,8 @@
 """Zendesk tickets in Slack (DESIGN §10): `/billing ticket TICKET` (answered through
 `handlers.dispatch.answer`, which calls `ticket_reply`), the triage cards the webhook enqueues
-(the outbox renderer `zendesk_triage`), the buttons "Post as internal note", "Regenerate" and
-"Request refund", and the reconciler of notes whose outcome was unknown."""
+(the outbox renderer `zendesk_triage`), the buttons "Post as internal note" and "Regenerate"
+("Request refund" is the approvals flow's own button, opening its modal), and the reconciler of
+notes whose outcome was unknown."""
 
 from __future__ import annotations
 
@@ -33,7 +34,6 @@ from handlers import views
 from handlers.errors import after_ack
 from handlers.zendesk_views import (
     NOTE_ACTION,
-    TICKET_REFUND_ACTION,
     TICKET_REGENERATE_ACTION,
     posted_blocks,
     ticket_view,
@@ -273,36 +273,5 @@ def register(app: AsyncApp, deps: Deps) -> None:
             is_card = not (body.get("container") or {}).get("is_ephemeral", True)
             reply = ticket_view(result, sandbox=deps.sandbox, can_post=saved, card=is_card)
             await respond(text=reply.text, blocks=reply.blocks, replace_original=True)
-
-        after_ack(deps, work, body=body, context=context, client=client, respond=respond)
-
-    @app.action(TICKET_REFUND_ACTION)
-    async def handle_ticket_refund_action(
-        ack: AsyncAck,
-        body: dict[str, Any],
-        action: dict[str, Any],
-        respond: AsyncRespond,
-        context: dict[str, Any],
-        client: AsyncWebClient,
-    ) -> None:
-        await ack()
-
-        async def work() -> None:
-            # The refund modal belongs to the approvals flow (§4); until it is wired here, say
-            # how to start the request with the IDs this ticket resolved to.
-            ids = value_of(action)
-            account = ids.get("a") or "ACCOUNT"
-            payment = f" {ids['p']}" if ids.get("p") else ""
-            command = deps.settings.billing_command
-            text = (
-                f"To request a refund for ticket #{ids.get('t', '?')}, run "
-                f"`{command} refund {account} AMOUNT{payment} REASON…`; finance approves it."
-            )
-            await respond(
-                text=text,
-                blocks=[views.section(text)],
-                response_type="ephemeral",
-                replace_original=False,
-            )
 
         after_ack(deps, work, body=body, context=context, client=client, respond=respond)

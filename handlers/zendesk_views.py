@@ -17,7 +17,12 @@ from bot.domain.redact import redact
 from bot.services.explain import invoice_name, signed
 from bot.services.tickets import TriageResult
 from handlers.account_views import provider_blocks
-from handlers.explain_views import findings_text, summary_line, wording_context
+from handlers.explain_views import (
+    findings_text,
+    refund_request_buttons,
+    summary_line,
+    wording_context,
+)
 from handlers.views import (
     MAX_SECTION,
     Block,
@@ -33,7 +38,6 @@ from handlers.views import (
 
 NOTE_ACTION = "zendesk_post_note"
 TICKET_REGENERATE_ACTION = "zendesk_regenerate"
-TICKET_REFUND_ACTION = "zendesk_request_refund"
 TICKET_ACTIONS_BLOCK = "ticket_actions"
 DRAFT_BLOCK = "ticket_draft"
 CUSTOMER_SHOWN = 900
@@ -208,19 +212,9 @@ def ticket_view(
             )
         )
     elements.append(button("Regenerate", TICKET_REGENERATE_ACTION, value(t=ticket_id)))
-    suggestion = draft.refund_suggestion if draft is not None else None
-    if result.outcome == "matched":
-        elements.append(
-            button(
-                "Request refund",
-                TICKET_REFUND_ACTION,
-                value(
-                    t=ticket_id,
-                    a=result.account_id,
-                    p=suggestion.payment_id if suggestion else None,
-                ),
-            )
-        )
+    if result.outcome == "matched" and draft is not None:
+        # The approvals flow's own button: it opens the refund modal, prefilled (§4).
+        elements.extend(refund_request_buttons(draft))
     blocks.append({"type": "actions", "block_id": TICKET_ACTIONS_BLOCK, "elements": elements})
     if len(blocks) > 50:
         blocks = [*blocks[:49], blocks[-1]]

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 
+from bot.domain.approvals import ApprovalRequest
 from bot.domain.findings import Explanation
 from bot.domain.money import Money
 from bot.domain.records import CaseCause, CaseRecord, Store
@@ -162,3 +163,27 @@ async def record_alert_feedback(store: Store, alert_id: str, *, feedback: str) -
         log.warning("could not record alert feedback", exc_info=True)
         return False
     return updated > 0
+
+
+def request_case(request: ApprovalRequest, *, origin: str) -> CaseRecord:
+    """The case of a refund or credit request, stored with the request (same transaction)."""
+    return CaseRecord(
+        at=request.created_at,
+        source=origin if origin in SOURCES else "command",
+        kind=request.kind,
+        account_id=request.account_id or request.account_key,
+        request_id=request.id,
+        request_kind=request.kind,
+        request_reason=request.reason[:200] if request.reason else None,
+        request_status=request.state.value,
+        request_amount=request.amount.amount,
+        request_currency=request.amount.currency,
+        dedupe_key=f"request:{request.id}",
+    )
+
+
+def request_decided_at(request: ApprovalRequest, now: datetime) -> datetime | None:
+    """When a request was decided (approved, denied or expired), for time-to-decision."""
+    if request.state.value == "pending":
+        return None
+    return request.decided_at or request.approved_at or now

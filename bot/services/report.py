@@ -29,7 +29,7 @@ MIN_DAYS = 1
 MAX_DAYS = 365
 WAVE_MIN_ACCOUNTS = 3
 RECURRING_SHOWN = 50
-APPROVED = ("approved", "executed")
+APPROVED = ("approved", "executing", "executed")
 DENIED = ("denied", "expired")
 
 

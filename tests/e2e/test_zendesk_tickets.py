@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from bot.app import build_app
-from handlers.zendesk_views import NOTE_ACTION, TICKET_REFUND_ACTION
+from handlers.approval_views import REQUEST_REFUND_ACTION
+from handlers.zendesk_views import NOTE_ACTION
 from integrations.http import RetryPolicy
 from integrations.llm import OpenAILLMClient
 from integrations.sandbox.slack import LocalSlack, validate_blocks
@@ -220,7 +221,7 @@ async def test_no_matching_account_says_what_was_tried(
     assert "requester email alex@unknown-startup.example" in text
     assert (
         button_value(reply, NOTE_ACTION) is None
-        and button_value(reply, TICKET_REFUND_ACTION) is None
+        and button_value(reply, REQUEST_REFUND_ACTION) is None
     )
 
 
