@@ -15,13 +15,16 @@ from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetry
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.deps import Deps
+from bot.domain.anomalies import DetectorConfig
 from bot.domain.approvals import ApprovalRules
-from bot.domain.ports import BillingProvider, LLMClient, TicketSource
+from bot.domain.ports import BillingProvider, ChartRenderer, LLMClient, TicketSource
+from bot.errors import ConfigError
 from bot.metrics import Metrics
 from bot.services.access import AccessService
 from bot.services.approvals import ApprovalService
 from bot.services.jobs import Scheduler, replica_id
 from bot.services.lookup import LookupService
+from bot.services.scan import usage_days_needed
 from bot.settings import Settings
 from bot.storage.db import Database
 from bot.storage.migrate import upgrade
@@ -41,6 +44,10 @@ def deps_of(app: AsyncApp) -> Deps:
     return _DEPS[app]
 
 
+#: Days of daily usage every snapshot carries: what the anomaly scan's baseline needs.
+USAGE_DAYS = usage_days_needed(DetectorConfig())
+
+
 def build_providers(
     settings: Settings, world: object | None = None
 ) -> tuple[dict[str, BillingProvider], bool]:
@@ -49,7 +56,8 @@ def build_providers(
         from integrations.sandbox.providers import sandbox_providers
         from integrations.sandbox.world import SandboxWorld
 
-        return dict(sandbox_providers(world if isinstance(world, SandboxWorld) else None)), True
+        sandbox_world = world if isinstance(world, SandboxWorld) else None
+        return dict(sandbox_providers(sandbox_world, usage_days=USAGE_DAYS)), True
     providers: dict[str, BillingProvider] = {}
     if settings.stripe_api_key is not None:
         from integrations.stripe import StripeBillingProvider
@@ -58,16 +66,19 @@ def build_providers(
             settings.stripe_api_key,
             base_url=settings.stripe_api_base,
             account_id_metadata_key=settings.stripe_account_id_metadata_key,
+            usage_days=USAGE_DAYS,
         )
     if settings.orb_api_key is not None:
         from integrations.orb import OrbBillingProvider
 
-        providers["orb"] = OrbBillingProvider(settings.orb_api_key, base_url=settings.orb_api_base)
+        providers["orb"] = OrbBillingProvider(
+            settings.orb_api_key, base_url=settings.orb_api_base, usage_days=USAGE_DAYS
+        )
     if settings.metronome_api_key is not None:
         from integrations.metronome import MetronomeBillingProvider
 
         providers["metronome"] = MetronomeBillingProvider(
-            settings.metronome_api_key, base_url=settings.metronome_api_base
+            settings.metronome_api_key, base_url=settings.metronome_api_base, usage_days=USAGE_DAYS
         )
     return providers, False
 
@@ -83,7 +94,10 @@ def build_tickets(settings: Settings, world: object | None = None) -> TicketSour
             settings.zendesk_api_token,
             settings.zendesk_email,
         )
-        assert base is not None and token is not None and email is not None  # `require` checks
+        if base is None or token is None or email is None:
+            raise ConfigError(
+                "ZENDESK_API_TOKEN needs ZENDESK_EMAIL and ZENDESK_SUBDOMAIN (or ZENDESK_API_BASE)."
+            )
         hosts = (f"{settings.zendesk_subdomain}.zendesk.com",) if settings.zendesk_subdomain else ()
         return ZendeskTicketSource(base_url=base, email=email, token=token, hosts=hosts)
     if settings.use_sandbox:
@@ -101,6 +115,17 @@ def _sandbox_world(settings: Settings) -> object | None:
     from integrations.sandbox.world import build_world
 
     return build_world()
+
+
+def build_charts() -> ChartRenderer | None:
+    """The chart renderer (matplotlib, headless); None when matplotlib is missing, so alerts
+    fall back to their sparkline."""
+    try:
+        from integrations.charts import MatplotlibCharts
+    except ImportError:  # pragma: no cover - matplotlib is a dependency; this is a safety net
+        log.warning("matplotlib is not installed: alerts show sparklines without charts")
+        return None
+    return MatplotlibCharts()
 
 
 def build_llm(settings: Settings) -> LLMClient | None:
@@ -124,6 +149,7 @@ def build_app(
     process_before_response: bool = True,
     sandbox: bool | None = None,
     tickets: TicketSource | None = None,
+    charts: ChartRenderer | None = None,
 ) -> AsyncApp:
     """Build the Bolt app with real adapters unless a test passes fakes (`tickets`: a ticket
     source; by default Zendesk when configured, the sandbox's with sandbox providers)."""
@@ -183,6 +209,7 @@ def build_app(
         delivery=delivery,
         scheduler=Scheduler(db, holder=holder),
         metrics=metrics,
+        charts=charts or build_charts(),
         sandbox=is_sandbox,
         tickets=tickets,
         access=access,

@@ -1,5 +1,6 @@
 """The `billing-triage` command line (DESIGN §1). Exit codes: 0 success, 1 user error, 2 usage
-or configuration error."""
+or configuration error; `scan` adds 1 (could not scan) and 3 (incomplete), see
+`bot.console.scan`."""
 
 from __future__ import annotations
 
@@ -153,8 +154,9 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "audit":
         return await _export_audit(settings, since=args.since, csv_out=args.csv, json_out=args.json)
     if args.command == "scan":
-        print("billing-triage scan: anomaly scans are not available yet.", file=sys.stderr)
-        return 2
+        from bot.console.scan import run_scan
+
+        return await run_scan(settings, as_json=args.json, post=args.post)
     raise AssertionError(args.command)
 
 

@@ -8,7 +8,13 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from bot.domain.ports import BillingProvider, LLMClient, MessageDelivery, TicketSource
+from bot.domain.ports import (
+    BillingProvider,
+    ChartRenderer,
+    LLMClient,
+    MessageDelivery,
+    TicketSource,
+)
 from bot.domain.records import Store
 from bot.inflight import InFlight
 from bot.metrics import Metrics
@@ -59,6 +65,8 @@ class Deps:
     inflight: InFlight = field(default_factory=InFlight)
     metrics: Metrics = field(default_factory=Metrics)
     observer: Observer = field(default_factory=Observer)
+    #: Draws alert charts (None: alerts show their sparkline only).
+    charts: ChartRenderer | None = None
     #: Set when the sandbox answers instead of real providers (shown in the UI).
     sandbox: bool = False
     #: Seconds the LLM may take before the deterministic wording is used.

@@ -77,6 +77,16 @@ class Settings(BaseSettings):
     sandbox: bool | None = None
     auto_migrate: bool = True
     scan_interval_minutes: int = 15
+    #: Accounts one process scans at once (each holds one snapshot in memory).
+    scan_concurrency: int = Field(default=32, ge=1, le=512)
+    #: Alert thresholds (DESIGN §5 "default thresholds are configurable"); money in major units.
+    alert_spike_min_impact: Decimal = Decimal(50)
+    alert_spike_min_ratio: Decimal = Decimal("1.5")
+    alert_spike_sigmas: Decimal = Decimal(4)
+    alert_jump_min_impact: Decimal = Decimal(100)
+    alert_jump_min_percent: Decimal = Decimal(25)
+    alert_payment_min_amount: Decimal = Decimal(1)
+    alert_duplicate_min_amount: Decimal = Decimal(1)
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "console"
     port: int = Field(default=3000, ge=1, le=65535)
@@ -104,7 +114,10 @@ class Settings(BaseSettings):
             return None
         return value
 
-    @field_validator("dual_approval_above", mode="before")
+    @field_validator(
+        "dual_approval_above", "alert_spike_min_impact", "alert_jump_min_impact",
+        "alert_payment_min_amount", "alert_duplicate_min_amount", mode="before",
+    )  # fmt: skip
     @classmethod
     def _amount(cls, value: Any) -> Any:
         try:
@@ -114,6 +127,13 @@ class Settings(BaseSettings):
         if not dec.is_finite() or dec < 0:
             raise ValueError(f"must be a non-negative amount, got {value!r}")
         return dec
+
+    @field_validator("alert_spike_min_ratio", "alert_spike_sigmas", "alert_jump_min_percent")
+    @classmethod
+    def _positive_number(cls, value: Decimal) -> Decimal:
+        if not value.is_finite() or value <= 0:
+            raise ValueError(f"must be a positive number, got {value}")
+        return value
 
     @field_validator("request_ttl_hours")
     @classmethod

@@ -11,6 +11,7 @@ from slack_bolt.async_app import AsyncApp
 from bot.deps import Deps
 from handlers import (
     access,
+    alerts,
     approvals,
     commands,
     errors,
@@ -29,6 +30,7 @@ def register_all(app: AsyncApp, deps: Deps) -> None:
     commands.register(app, deps)
     approvals.register(app, deps)
     explain.register(app, deps)
+    alerts.register(app, deps)
     mentions.register(app, deps)
     zendesk.register(app, deps)
     report.register(app, deps)

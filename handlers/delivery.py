@@ -195,6 +195,14 @@ class Delivery:
             if entry.id not in {e.id for e in group}:
                 group = [entry, *group]
             if len(group) < digest.min_batch:
+                # Too few for a digest: hand the others back at once (their claim would
+                # otherwise hold them for the whole lease).
+                extras = [e for e in group if e.id != entry.id]
+                if extras:
+                    async with self._store.uow() as uow:
+                        for e in extras:
+                            await uow.outbox.retry_later(e.id, at=self._clock(), error="")
+                        await uow.commit()
                 group = [entry]
         ids = [e.id for e in group]
         try:
@@ -270,6 +278,7 @@ class Delivery:
             text=rendered.text,
             blocks=_blocks(rendered) or None,
             thread_ts=thread_ts,
+            reply_broadcast=True if rendered.broadcast and thread_ts else None,
         )
         ts = str(response.get("ts") or "")
         posted_channel = str(response.get("channel") or channel)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import assert_never
 
 from bot.deps import Deps
 from bot.domain.commands import (
@@ -24,6 +25,7 @@ from bot.domain.commands import (
 from bot.services.cases import record_case
 from handlers import views
 from handlers.account_views import snapshot_reply
+from handlers.alerts import alerts_reply
 from handlers.approval_views import open_requests_blocks
 from handlers.approvals import history_reply_for, request_reply
 from handlers.caller import Caller
@@ -36,24 +38,10 @@ log = logging.getLogger("handlers.dispatch")
 
 
 def quick_answer(cmd: Command, deps: Deps) -> views.Reply | None:
-    """The reply when it needs no I/O (help, not-yet-built subcommands), else None."""
+    """The reply when it needs no I/O (help), else None: every other command has its answer."""
     if isinstance(cmd, HelpCommand):
         return views.help_reply(deps.settings.billing_command, cmd.topic)
-    if isinstance(
-        cmd,
-        (
-            StatusCommand,
-            ExplainCommand,
-            DraftCommand,
-            RefundCommand,
-            CreditCommand,
-            HistoryCommand,
-            TicketCommand,
-            ReportCommand,
-        ),
-    ):
-        return None
-    return _coming_soon(cmd)
+    return None
 
 
 #: Commands that only read, and so may be re-run and posted by "Share in channel".
@@ -120,29 +108,6 @@ async def answer(
             shareable=True,
             share_value=views.command_value(command_text),
         )
-    return _coming_soon(cmd)
-
-
-def _coming_soon(cmd: Command) -> views.Reply:
-    if isinstance(cmd, RefundCommand):
-        parts = [f"account {cmd.account.value}"]
-        if cmd.amount is not None:
-            parts.append(f"amount {cmd.amount}")
-        if cmd.payment_id:
-            parts.append(f"payment {cmd.payment_id}")
-        if cmd.reason:
-            parts.append("a reason")
-        return views.coming_soon_reply("refund", ", ".join(parts))
-    if isinstance(cmd, CreditCommand):
-        parts = [f"account {cmd.account.value}"]
-        if cmd.amount is not None:
-            parts.append(f"amount {cmd.amount}")
-        if cmd.reason:
-            parts.append("a reason")
-        return views.coming_soon_reply("credit", ", ".join(parts))
     if isinstance(cmd, AlertsCommand):
-        return views.coming_soon_reply("alerts", "no arguments needed")
-    if isinstance(cmd, HistoryCommand):
-        target = cmd.request_id or (cmd.account.value if cmd.account else "")
-        return views.coming_soon_reply("history", target)
-    raise AssertionError(f"unhandled command {cmd!r}")
+        return await alerts_reply(cmd, deps)
+    assert_never(cmd)

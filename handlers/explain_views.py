@@ -7,11 +7,14 @@ Slack's limits through the `handlers.views` helpers.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import date
 from decimal import Decimal
 
-from bot.domain.findings import Explanation, Finding
+from bot.domain.findings import Explanation, Finding, FindingKind
 from bot.domain.models import BillingSnapshot, Invoice, ProviderFailure
 from bot.domain.money import Money
+from bot.domain.sparkline import sparkline
 from bot.services.explain import (
     KIND_LABELS,
     DraftResult,
@@ -106,18 +109,48 @@ def summary_line(explanation: Explanation) -> str:
     return f"{this}, *{amount} {more}* than `{previous.id}` ({previous.total})."
 
 
-def _finding_row(rank: int, finding: Finding) -> str:
+def usage_sparklines(snapshot: BillingSnapshot, *, days: int = 60) -> dict[str, str]:
+    """metric name (lower-case) → a sparkline of its last `days` days of usage (cost where the
+    provider gives one, else quantity), for usage findings."""
+    series: dict[str, dict[date, Decimal]] = {}
+    for prov in snapshot.providers:
+        for point in prov.usage:
+            if not point.metric:
+                continue
+            value = point.cost.amount if point.cost is not None else point.quantity
+            if value is None:
+                continue
+            days_of = series.setdefault(point.metric.lower(), {})
+            days_of[point.day] = days_of.get(point.day, Decimal(0)) + value
+    out = {}
+    for metric, by_day in series.items():
+        values = [by_day[d] for d in sorted(by_day)][-days:]
+        if len(values) >= 2:
+            out[metric] = sparkline(values)
+    return out
+
+
+def _finding_row(rank: int, finding: Finding, sparks: Mapping[str, str] | None = None) -> str:
     kind = KIND_LABELS[finding.kind]
-    return f"{rank}. *{signed(finding.amount)}* · _{kind}_ — {escape(without_amount(finding))}"
+    row = f"{rank}. *{signed(finding.amount)}* · _{kind}_ — {escape(without_amount(finding))}"
+    spark = (sparks or {}).get((finding.metric or "").lower())
+    if spark and finding.kind is FindingKind.USAGE_GROWTH:
+        row += f" `{spark}`"
+    return row
 
 
-def findings_text(explanation: Explanation, *, shown: int = FINDINGS_SHOWN) -> str | None:
+def findings_text(
+    explanation: Explanation,
+    *,
+    shown: int = FINDINGS_SHOWN,
+    sparks: Mapping[str, str] | None = None,
+) -> str | None:
     """The ranked findings, each with its amount; the long tail summed up."""
     findings = explanation.findings
     if not findings:
         return None
     heading = "*What changed*" if comparable(explanation) else "*What it is made of*"
-    rows = [_finding_row(i, f) for i, f in enumerate(findings[:shown], start=1)]
+    rows = [_finding_row(i, f, sparks) for i, f in enumerate(findings[:shown], start=1)]
     rest = findings[shown:]
     if rest:
         net = Money(sum((f.amount.amount for f in rest), Decimal(0)), rest[0].amount.currency)
@@ -205,7 +238,7 @@ def explanation_view(result: ExplainResult, *, sandbox: bool = False) -> Reply:
     blocks.append(wording_context(result.wording))
     blocks.append(divider())
     for text in (
-        findings_text(explanation),
+        findings_text(explanation, sparks=usage_sparklines(snapshot)),
         share_text(explanation),
         duplicates_text(explanation),
     ):

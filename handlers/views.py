@@ -111,7 +111,8 @@ def help_reply(command: str, topic: str | None = None) -> Reply:
         f"*`{c} draft ACCOUNT [NOTES…]`* — a customer-ready reply, shown only to you.",
         f"*`{c} refund ACCOUNT AMOUNT [PAYMENT_ID] REASON…`* — ask finance to approve a refund.",
         f"*`{c} credit ACCOUNT AMOUNT REASON…`* — ask finance to approve a credit.",
-        f"*`{c} alerts`* — open billing anomaly alerts.",
+        f"*`{c} alerts [open|all|stats]`* — billing anomaly alerts (open by default), or "
+        "their measured precision.",
         f"*`{c} history ACCOUNT`* or *`{c} history REQUEST_ID`* — refund and credit requests "
         "and their audit trail.",
         f"*`{c} ticket TICKET`* — a Zendesk ticket triaged: its account, billing state, the "

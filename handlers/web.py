@@ -13,6 +13,7 @@ from slack_bolt.async_app import AsyncApp
 
 from bot.deps import Deps
 from handlers import zendesk_webhook
+from handlers.webhooks import add_webhook_routes
 
 log = logging.getLogger("handlers.web")
 
@@ -57,4 +58,5 @@ def build_web_app(app: AsyncApp, deps: Deps) -> web.Application:
     web_app.router.add_get("/healthz", healthz)
     web_app.router.add_get("/metrics", metrics)
     zendesk_webhook.add_routes(web_app, deps)
+    add_webhook_routes(web_app, deps)
     return web_app

@@ -266,6 +266,10 @@ class ProviderHttp:
         #: Counters for /metrics: (provider, outcome) -> count.
         self.calls = 0
         self.errors = 0
+        #: 429 answers seen (each retried or not) and the latest `Retry-After`, so a caller that
+        #: paces itself (the anomaly scan's adaptive limiter) can slow down before failing.
+        self.throttled = 0
+        self.last_retry_after: float | None = None
 
     async def aclose(self) -> None:
         """Close the connection pool."""
@@ -400,6 +404,9 @@ class ProviderHttp:
         self, response: httpx.Response, *, may_retry: bool, write: bool = False
     ) -> HttpAnswer:
         status = response.status_code
+        if status == 429:
+            self.throttled += 1
+            self.last_retry_after = retry_after_seconds(response)
         hook = self._retry_hook(response) if self._retry_hook else None
         if status < 300:
             try:

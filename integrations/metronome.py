@@ -48,7 +48,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal, NamedTuple, TypeVar
@@ -230,6 +230,20 @@ class MetronomeBillingProvider:
                 seen.add(record.customer_id)
                 records.append(record)
         return records
+
+    async def customer_pages(self, *, page_size: int = 100) -> AsyncIterator[list[CustomerRecord]]:
+        """Every (non-archived) customer, a page at a time (`GET /v1/customers` with
+        `next_page`)."""
+        query: dict[str, Any] = {"limit": max(1, min(page_size, 100))}
+        while True:
+            page = await self._http.request("GET", "v1/customers", params=query)
+            data, cursor = _page(page)
+            records = [_customer_record(item) for item in data]
+            if records:
+                yield records
+            if not cursor:
+                return
+            query = {"limit": query["limit"], "next_page": cursor}
 
     # --- snapshot ---------------------------------------------------------------------------
 

@@ -43,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import calendar
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
@@ -317,6 +317,25 @@ class OrbBillingProvider:
             return None
         found = HttpAnswer(status=200, body=mine[0], headers=httpx.Headers())
         return dataclasses.replace(_ledger_result(found, request_id), replayed=True)
+
+    async def customer_pages(
+        self, *, page_size: int = PAGE_LIMIT
+    ) -> AsyncIterator[list[CustomerRecord]]:
+        """Every customer, a page at a time (`GET /customers` with `cursor`)."""
+        cursor: str | None = None
+        limit = str(max(1, min(page_size, PAGE_LIMIT)))
+        while True:
+            query = [("limit", limit)]
+            if cursor:
+                query.append(("cursor", cursor))
+            body = _obj(await self._http.request("GET", "customers", params=query), "customers")
+            records = [self._customer(c) for c in _items(body.get("data"), "customers")]
+            if records:
+                yield records
+            meta = body.get("pagination_metadata")
+            cursor = meta.get("next_cursor") if isinstance(meta, Mapping) else None
+            if not (isinstance(meta, Mapping) and meta.get("has_more") and cursor):
+                return
 
     # -- snapshot --
 

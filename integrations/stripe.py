@@ -45,7 +45,7 @@ import dataclasses
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
@@ -362,6 +362,45 @@ class StripeBillingProvider:
             return [self._customer(c) for c in found if not c.get("deleted")]
         except (KeyError, TypeError, ValueError, InvalidOperation) as exc:
             raise ProviderBadResponse("stripe", "Stripe sent a customer we could not read") from exc
+
+    async def customer_pages(
+        self, *, page_size: int = PAGE_LIMIT
+    ) -> AsyncIterator[list[CustomerRecord]]:
+        """Every customer, newest first, a page at a time (`GET /v1/customers` with
+        `starting_after`); deleted customers are skipped."""
+        cursor: str | None = None
+        limit = str(max(1, min(page_size, PAGE_LIMIT)))
+        while True:
+            query = [("limit", limit)]
+            if cursor:
+                query.append(("starting_after", cursor))
+            page = await self._get("v1/customers", query)
+            data = _list_data(page)
+            try:
+                records = [self._customer(c) for c in data if not c.get("deleted")]
+            except (KeyError, TypeError, ValueError, InvalidOperation) as exc:
+                raise ProviderBadResponse(
+                    "stripe", "Stripe sent a customer we could not read"
+                ) from exc
+            if records:
+                yield records
+            if not page.get("has_more") or not data:
+                return
+            cursor = str(data[-1]["id"])
+
+    async def customer_of_payment(self, payment_id: str) -> CustomerRecord | None:
+        """The customer of charge `payment_id` (`GET /v1/charges/{id}`); None when unknown."""
+        if not payment_id.startswith(("ch_", "py_")):
+            return None
+        try:
+            charge = await self._get(f"v1/charges/{quote(payment_id, safe='')}")
+        except ProviderNotFound:
+            return None
+        customer_id = _id_of(charge.get("customer"))
+        if not customer_id:
+            return None
+        found = await self._customer_by_id(customer_id)
+        return self._customer(found[0]) if found and not found[0].get("deleted") else None
 
     async def _customer_by_id(self, customer_id: str) -> list[JSON]:
         try:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import secrets
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -29,6 +31,8 @@ from bot.settings import Settings
 from integrations.sandbox.slack import LocalSlack, SlackCall
 
 SHELL_CHANNEL = "C0LOCALSHELL"
+#: Where `:scan` posts alerts when ONCALL_CHANNEL is not set.
+SHELL_ONCALL = "C0LOCALONCALL"
 DEFAULT_USER = "U0LOCALUSER"
 WAIT_SECONDS = 60.0
 
@@ -63,6 +67,8 @@ class LocalSession:
         self._last_buttons: list[tuple[str, str, str | None, dict[str, Any]]] = []
         #: The modal opened or updated last (`:submit` fills and submits it).
         self._last_view: dict[str, Any] | None = None
+        #: Where uploaded charts are saved (a temporary directory, made on the first chart).
+        self.chart_dir: Path | None = None
 
     async def __aenter__(self) -> LocalSession:
         await self.slack.start()
@@ -70,6 +76,7 @@ class LocalSession:
             update={
                 "slack_bot_token": SecretStr(self.slack.token),
                 "slack_signing_secret": SecretStr(self._secret),
+                "oncall_channel": self._settings.oncall_channel or SHELL_ONCALL,
             }
         )
         client = AsyncWebClient(token=self.slack.token, base_url=self.slack.base_url)
@@ -137,6 +144,25 @@ class LocalSession:
         }
         response, calls = await self._dispatch(urlencode(form), "application/x-www-form-urlencoded")
         return self._outcome(response, calls)
+
+    async def scan(self) -> Outcome:
+        """Run one anomaly scan that posts to the on-call channel, and show what was posted
+        (charts are saved to a temporary directory)."""
+        from handlers.alerts import scan_service
+
+        assert self.app is not None
+        deps = deps_of(self.app)
+        deps.observer.reset()
+        start = len(self.slack.calls)
+        summary = await scan_service(deps, holder="shell").run(post=True)
+        await self.settle()
+        outcome = self._outcome(_NoAck(), list(self.slack.calls[start:]))
+        state = "complete" if summary.complete else "incomplete"
+        head = (
+            f"Scan {state}: {summary.accounts} accounts, {summary.alerts} alerts "
+            f"({summary.new_alerts} new)."
+        )
+        return Outcome(f"{head}\n{outcome.output}".strip(), outcome.exit_code)
 
     async def click(self, which: str) -> Outcome:
         """Click a button of the last output: its number, or its text (`approve`, `deny`)."""
@@ -279,12 +305,30 @@ class LocalSession:
                 continue
             parts.append(f"── {heading}\n{render_message(text=args.get('text'), blocks=blocks)}")
             self._collect(blocks, self._source(call))
+        parts.extend(self._saved_files(calls))
         if not self._last_buttons:
             self._last_buttons = earlier
         elif self._last_buttons:
             listing = "  ".join(f"[{i + 1}] {b[0]}" for i, b in enumerate(self._last_buttons))
             parts.append(f"(buttons: {listing} — type :click N)")
         return Outcome("\n".join(p.rstrip() for p in parts if p).strip(), self._exit_code())
+
+    def _saved_files(self, calls: list[SlackCall]) -> list[str]:
+        """Save the PNGs the app uploaded (alert charts) and say where."""
+        lines = []
+        for call in calls:
+            if call.method != "files.completeUploadExternal" or not call.ok:
+                continue
+            for entry in call.response.get("files") or []:
+                file = self.slack.files.get(str(entry.get("id")))
+                if file is None or file.content is None:
+                    continue
+                if self.chart_dir is None:
+                    self.chart_dir = Path(tempfile.mkdtemp(prefix="billing-triage-charts-"))
+                path = self.chart_dir / Path(file.filename).name
+                path.write_bytes(file.content)
+                lines.append(f"── chart saved: {path}")
+        return lines
 
     def _source(self, call: SlackCall) -> dict[str, Any]:
         if call.method == "response_url":
@@ -321,7 +365,15 @@ class LocalSession:
         return error.exit_code if isinstance(error, BotError) else 1
 
 
+class _NoAck:
+    """Stands in for a Bolt response when no request was dispatched (`:scan`)."""
+
+    status = 200
+    body = ""
+
+
 SHELL_HELP = """Type what you would type after /billing (e.g. `help`, `acct_northwind`).
+  :scan        run an anomaly scan; alerts are posted to the on-call channel (charts saved)
   :as U123     act as another Slack user      :click N   click button N of the last answer
   :approve     click Approve                   :deny WHY  click Deny and give the reason
   :submit amount=25 reason=…   fill in and submit the form that is open
@@ -376,6 +428,8 @@ async def run_shell(settings: Settings, *, user_id: str, read: Callable[[str], s
                     else line[1:]
                 )
                 outcome = await session.click(which)
+            elif line == ":scan":
+                outcome = await session.scan()
             elif line.startswith(":"):
                 write(f"Unknown shell command {line}. :help for help.")
                 continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Literal
 
 from bot.domain.identifiers import (
     EMAIL_RE,
@@ -97,7 +98,10 @@ class CreditCommand:
 
 @dataclass(frozen=True, slots=True)
 class AlertsCommand:
-    """`/billing alerts`."""
+    """`/billing alerts [open|all|stats]`: open alerts (the default), every alert, or the
+    precision measured from on-call's feedback."""
+
+    scope: Literal["open", "all", "stats"] = "open"
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +163,7 @@ USAGE = {
     "draft": "`/billing draft ACCOUNT [NOTES…]`",
     "refund": "`/billing refund ACCOUNT AMOUNT [PAYMENT_ID] REASON…`",
     "credit": "`/billing credit ACCOUNT AMOUNT REASON…`",
-    "alerts": "`/billing alerts`",
+    "alerts": "`/billing alerts [open|all|stats]`",
     "history": "`/billing history ACCOUNT` or `/billing history REQUEST_ID`",
     "ticket": "`/billing ticket TICKET` (a number, `#123`, or the ticket's link)",
     "report": "`/billing report [7d|30d|90d]`",
@@ -220,9 +224,10 @@ def parse_command(text: str) -> Command:
         written, tail = _amount(rest[1:])
         return CreditCommand(account, written.value, _reason(tail), written)
     if head == "alerts":
-        if rest:
-            raise _usage("alerts", "`alerts` takes no arguments.")
-        return AlertsCommand()
+        scope = rest[0].lower() if rest else "open"
+        if len(rest) > 1 or scope not in ("open", "all", "stats"):
+            raise _usage("alerts", "`alerts` takes `open`, `all` or `stats`.")
+        return AlertsCommand(scope)  # type: ignore[arg-type]  # checked just above
     if head == "history":
         if len(rest) != 1:
             raise _usage("history", "Give one account or request ID.")

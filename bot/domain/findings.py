@@ -1256,3 +1256,14 @@ def _caveats(build: _Builder, now: _Parts, before: _Parts, unexplained: Money) -
     if abs(unexplained.amount) >= half:
         notes.append(f"{unexplained.format()} of the change is not explained by line items.")
     return notes
+
+
+# --------------------------------------------------------------------------- for the detectors
+
+
+def duplicate_charges(
+    current: Invoice, previous: Invoice | None, payments: Sequence[Payment]
+) -> tuple[Finding, ...]:
+    """The duplicate or retried charges around `current` (as `Explanation.duplicate_payments`),
+    without the rest of the explanation: the anomaly detectors' public way to this rule."""
+    return _duplicates(current, previous, payments)

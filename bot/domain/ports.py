@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from bot.domain.anomalies import Anomaly
 from bot.domain.identifiers import IdentifierKind
 from bot.domain.models import (
     CustomerRecord,
@@ -40,6 +42,41 @@ class BillingProvider(Protocol):
 
     async def aclose(self) -> None:
         """Release connections."""
+        ...
+
+
+@runtime_checkable
+class CustomerLister(Protocol):
+    """A provider that can list every customer, a page at a time (the anomaly scan's input).
+
+    Separate from `BillingProvider` so fakes that only look accounts up need not implement it."""
+
+    name: ProviderName
+
+    def customer_pages(self, *, page_size: int = 100) -> AsyncIterator[list[CustomerRecord]]:
+        """Every customer, `page_size` at a time, streaming (one page in memory). Raises
+        `ProviderError` on provider faults."""
+        ...
+
+
+@runtime_checkable
+class PaymentOwners(Protocol):
+    """A provider that can say whose payment a charge is (a Stripe dispute names only its
+    charge)."""
+
+    name: ProviderName
+
+    async def customer_of_payment(self, payment_id: str) -> CustomerRecord | None:
+        """The customer who made payment `payment_id`; None when unknown."""
+        ...
+
+
+class ChartRenderer(Protocol):
+    """Draws an anomaly's series (usage days or invoices) as a PNG: the expected band, the
+    actual values, the anomaly marked."""
+
+    def render(self, anomaly: Anomaly) -> bytes | None:
+        """PNG bytes, or None when the anomaly has no series to draw."""
         ...
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self
@@ -98,6 +98,8 @@ class RenderedMessage:
     text: str
     blocks: Sequence[Mapping[str, Any]] = ()
     files: Sequence[tuple[str, str, bytes]] = ()
+    #: A reply in a thread that is also sent to the channel (Slack's `reply_broadcast`).
+    broadcast: bool = False
 
 
 #: Builds a message from an entry's payload at delivery time (may raise `SkipMessage`).
@@ -290,6 +292,21 @@ class UnitOfWork(Protocol):
     @property
     def requests(self) -> ApprovalRequests:
         """Refund and credit requests and their approvals."""
+        ...
+
+    @property
+    def alerts(self) -> Alerts:
+        """Anomaly alerts, feedback and suppressions."""
+        ...
+
+    @property
+    def scans(self) -> Scans:
+        """Scan runs and their work items."""
+        ...
+
+    @property
+    def webhooks(self) -> Webhooks:
+        """Received provider webhooks."""
         ...
 
     async def commit(self) -> None:
@@ -651,4 +668,304 @@ class ApprovalRequests(Protocol):
 
     async def recent(self, *, limit: int = 50) -> list[ApprovalRequest]:
         """The newest requests, newest first."""
+        ...
+
+
+# --- anomaly alerts, scans and webhooks (issue 9) ---------------------------------------------
+
+#: Where an alert stands: open until someone acts; snoozed until `snoozed_until`.
+AlertStatus = Literal["open", "acknowledged", "not_anomaly", "snoozed"]
+#: A button press on an alert.
+FeedbackAction = Literal["acknowledge", "not_anomaly", "snooze"]
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRecord:
+    """A stored anomaly alert, unique on (account, kind, period). `payload` is the anomaly as
+    `bot.services.alerts.anomaly_to_payload` stores it (everything the message shows, so it can
+    be re-rendered after a click); `notified_*` is what on-call was last told."""
+
+    id: int
+    account_id: str
+    kind: str
+    period: date
+    severity: str
+    status: AlertStatus
+    source: str
+    provider: str | None
+    currency: str
+    impact: Decimal
+    fingerprint: str
+    magnitude: Decimal
+    summary: str
+    payload: Mapping[str, Any]
+    first_seen_at: datetime
+    last_seen_at: datetime
+    last_run_id: int | None = None
+    notified_severity: str | None = None
+    notified_impact: Decimal | None = None
+    notified_at: datetime | None = None
+    notify_count: int = 0
+    status_by: str | None = None
+    status_at: datetime | None = None
+    snoozed_until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AlertDraft:
+    """The values of an alert as a scan or a webhook found it (before it is stored)."""
+
+    account_id: str
+    kind: str
+    period: date
+    severity: str
+    source: str
+    provider: str | None
+    currency: str
+    impact: Decimal
+    fingerprint: str
+    magnitude: Decimal
+    summary: str
+    payload: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SuppressionRecord:
+    """A stored "Not an anomaly" pattern."""
+
+    account_id: str
+    kind: str
+    fingerprint: str
+    magnitude: Decimal
+    created_at: datetime
+    alert_id: int
+    user_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackCount:
+    """Alerts of one kind by what on-call said about them."""
+
+    kind: str
+    alerts: int
+    acknowledged: int
+    not_anomaly: int
+    snoozed: int
+
+
+class Alerts(Protocol):
+    """Stored alerts, the feedback on them, and the suppressions "Not an anomaly" creates."""
+
+    async def get(self, alert_id: int) -> AlertRecord | None:
+        """The alert with `alert_id`."""
+        ...
+
+    async def find(self, account_id: str, kind: str, period: date) -> AlertRecord | None:
+        """The alert deduplicated on (account, kind, period)."""
+        ...
+
+    async def insert(self, draft: AlertDraft, *, now: datetime, run_id: int | None) -> int | None:
+        """Store a new open alert; None when (account, kind, period) exists already (atomic)."""
+        ...
+
+    async def seen_again(
+        self, alert_id: int, draft: AlertDraft, *, now: datetime, run_id: int | None,
+        status: AlertStatus | None = None,
+    ) -> None:  # fmt: skip
+        """Refresh a known alert with what was found now (and optionally reopen it)."""
+        ...
+
+    async def mark_notified(
+        self, alert_id: int, *, severity: str, impact: Decimal, now: datetime
+    ) -> None:
+        """Record that on-call was told about the alert at this severity and impact."""
+        ...
+
+    async def set_status(
+        self, alert_id: int, status: AlertStatus, *, user_id: str, now: datetime,
+        snoozed_until: datetime | None = None,
+    ) -> bool:  # fmt: skip
+        """Change the status (who and when); False when the alert does not exist."""
+        ...
+
+    async def add_feedback(
+        self, alert_id: int, action: FeedbackAction, *, user_id: str, now: datetime
+    ) -> None:
+        """Record a button press."""
+        ...
+
+    async def add_suppression(self, suppression: SuppressionRecord) -> None:
+        """Store a "Not an anomaly" pattern."""
+        ...
+
+    async def suppressions(self, account_ids: Sequence[str]) -> list[SuppressionRecord]:
+        """The suppressions of these accounts."""
+        ...
+
+    async def listing(
+        self, *, statuses: Sequence[str] | None, limit: int, now: datetime
+    ) -> list[AlertRecord]:
+        """Alerts with one of `statuses` (all when None), newest period first; snoozed alerts
+        whose snooze ran out count as open."""
+        ...
+
+    async def for_run(self, run_id: int, *, after_id: int, limit: int) -> list[AlertRecord]:
+        """Alerts a scan run saw, by ID, `limit` at a time after `after_id` (streaming)."""
+        ...
+
+    async def feedback_counts(self) -> list[FeedbackCount]:
+        """Per kind: alerts, and how many each final answer got (for precision)."""
+        ...
+
+    async def sharing_message(self, alert_id: int) -> list[int]:
+        """The alerts posted in the same Slack message as `alert_id` (a digest), by ID."""
+        ...
+
+
+#: Where a scan run stands.
+ScanStatus = Literal["running", "done", "abandoned"]
+
+
+@dataclass(frozen=True, slots=True)
+class ScanItem:
+    """A claimed page of one provider's customers (`customers`: their stored JSON)."""
+
+    id: int
+    run_id: int
+    provider: str
+    seq: int
+    customers: Sequence[Mapping[str, Any]]
+    attempts: int
+    today: date
+    post: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ScanRunState:
+    """A scan run with its items' totals."""
+
+    id: int
+    status: ScanStatus
+    coordinator: str
+    today: date
+    post: bool
+    started_at: datetime
+    listed_at: datetime | None
+    finished_at: datetime | None
+    items: int
+    items_done: int
+    accounts: int
+    skipped: int
+    alerts: int
+    new_alerts: int
+    failed: tuple[str, ...]
+    list_failures: Mapping[str, str]
+
+
+class Scans(Protocol):
+    """Scan runs and their work items (pages of accounts) that every replica may claim."""
+
+    async def start_run(self, *, coordinator: str, today: date, post: bool, now: datetime) -> int:
+        """Create a running scan run; its ID."""
+        ...
+
+    async def abandon_stale(self, *, now: datetime, stale_after: float) -> int:
+        """Close running runs whose coordinator stopped beating `stale_after` seconds ago (it
+        died); their unfinished items are cancelled. How many."""
+        ...
+
+    async def heartbeat(self, run_id: int, *, now: datetime) -> None:
+        """The coordinator is alive."""
+        ...
+
+    async def add_item(
+        self, run_id: int, *, provider: str, seq: int, customers: Sequence[Mapping[str, Any]]
+    ) -> int:
+        """Queue a page of customers; its item ID."""
+        ...
+
+    async def finish_listing(
+        self, run_id: int, *, now: datetime, failures: Mapping[str, str]
+    ) -> None:
+        """Every page is queued (`failures`: providers whose listing failed, and why)."""
+        ...
+
+    async def claim_item(
+        self, *, holder: str, now: datetime, lease: float, run_id: int | None = None
+    ) -> ScanItem | None:
+        """Claim the oldest pending item of a running run (or one whose lease expired: its
+        holder died) for `lease` seconds. Replicas never claim the same item at once."""
+        ...
+
+    async def renew_item(self, item_id: int, *, holder: str, now: datetime, lease: float) -> bool:
+        """Extend the lease; False when `holder` lost the item."""
+        ...
+
+    async def complete_item(
+        self, item_id: int, *, holder: str, now: datetime, accounts: int, skipped: int,
+        alerts: int, new_alerts: int, failed: Sequence[str],
+    ) -> bool:  # fmt: skip
+        """Record the item's outcome; False when `holder` no longer held it."""
+        ...
+
+    async def claim_account(self, run_id: int, account_key: str, *, item_id: int) -> bool:
+        """Take `account_key` for `item_id` in this run; False when another item has it."""
+        ...
+
+    async def state(self, run_id: int) -> ScanRunState | None:
+        """The run and its totals."""
+        ...
+
+    async def finish_if_complete(self, run_id: int, *, now: datetime) -> bool:
+        """Mark the run done when it is listed and no item is left; True when it is done."""
+        ...
+
+    async def prune(self, *, older_than: datetime) -> int:
+        """Forget finished runs (with their items and accounts) started before `older_than`."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookEvent:
+    """A stored, verified provider webhook."""
+
+    source: str
+    event_id: str
+    type: str
+    payload: Mapping[str, Any]
+    received_at: datetime
+    processed_at: datetime | None
+    attempts: int
+
+
+class Webhooks(Protocol):
+    """Received provider webhooks: deduplicated on (source, event ID), processed after the
+    answer, and reprocessed by a reconciler when a crash interrupted that."""
+
+    async def store(
+        self, source: str, event_id: str, *, type: str, payload: Mapping[str, Any], now: datetime
+    ) -> bool:
+        """Store a verified event; False for a duplicate (atomic under concurrency)."""
+        ...
+
+    async def get(self, source: str, event_id: str) -> WebhookEvent | None:
+        """One stored event."""
+        ...
+
+    async def begin(self, source: str, event_id: str) -> bool:
+        """Count a processing attempt; False when it was processed already."""
+        ...
+
+    async def mark_processed(
+        self, source: str, event_id: str, *, now: datetime, outcome: str
+    ) -> bool:
+        """Record the outcome once; False when another worker did it first."""
+        ...
+
+    async def unprocessed(self, *, received_before: datetime, limit: int) -> list[WebhookEvent]:
+        """Events received before the cutoff and never processed, oldest first."""
+        ...
+
+    async def prune(self, *, older_than: datetime) -> int:
+        """Forget processed events received before `older_than`."""
         ...

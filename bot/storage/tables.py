@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -305,3 +306,141 @@ class RequestApprovalRow(Base):
     )
     approver: Mapped[str] = mapped_column(String(64), primary_key=True)
     at: Mapped[datetime]
+
+
+class AlertRow(Base):
+    """An anomaly alert, unique on (account, kind, period); see `bot.domain.records.AlertRecord`."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(32))
+    period: Mapped[str] = mapped_column(String(10))
+    severity: Mapped[str] = mapped_column(String(8))
+    status: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(16))
+    provider: Mapped[str | None] = mapped_column(String(16))
+    currency: Mapped[str] = mapped_column(String(8))
+    # Decimal amounts as strings: exact on both databases, compared in Python.
+    impact: Mapped[str] = mapped_column(String(40))
+    fingerprint: Mapped[str] = mapped_column(String(255))
+    magnitude: Mapped[str] = mapped_column(String(40))
+    summary: Mapped[str] = mapped_column(String(500))
+    payload: Mapped[dict[str, Any]]
+    first_seen_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    last_run_id: Mapped[int | None]
+    notified_severity: Mapped[str | None] = mapped_column(String(8))
+    notified_impact: Mapped[str | None] = mapped_column(String(40))
+    notified_at: Mapped[datetime | None]
+    notify_count: Mapped[int]
+    status_by: Mapped[str | None] = mapped_column(String(64))
+    status_at: Mapped[datetime | None]
+    snoozed_until: Mapped[datetime | None]
+
+    __table_args__ = (
+        UniqueConstraint("account_id", "kind", "period", name="uq_alerts_account_id"),
+        Index("ix_alerts_status", "status", "id"),
+        Index("ix_alerts_last_run_id", "last_run_id", "id"),
+    )
+
+
+class AlertFeedbackRow(Base):
+    """One button press on an alert (acknowledge, not_anomaly, snooze), kept for precision."""
+
+    __tablename__ = "alert_feedback"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id"), index=True)
+    action: Mapped[str] = mapped_column(String(16))
+    user_id: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime]
+
+
+class AlertSuppressionRow(Base):
+    """A "Not an anomaly" pattern: (account, kind, fingerprint) stops alerting until it grows."""
+
+    __tablename__ = "alert_suppressions"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(32))
+    fingerprint: Mapped[str] = mapped_column(String(255))
+    magnitude: Mapped[str] = mapped_column(String(40))
+    alert_id: Mapped[int]
+    user_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+
+    __table_args__ = (Index("ix_alert_suppressions_account", "account_id"),)
+
+
+class ScanRunRow(Base):
+    """One anomaly scan over every account (its pages of accounts are `ScanItemRow`s)."""
+
+    __tablename__ = "scan_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    status: Mapped[str] = mapped_column(String(16))
+    coordinator: Mapped[str] = mapped_column(String(64))
+    today: Mapped[str] = mapped_column(String(10))
+    post: Mapped[bool]
+    started_at: Mapped[datetime]
+    listed_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime]
+    list_failures: Mapped[dict[str, Any]]
+
+    __table_args__ = (Index("ix_scan_runs_status", "status"),)
+
+
+class ScanItemRow(Base):
+    """A page of one provider's customers to scan: a work item any replica may claim."""
+
+    __tablename__ = "scan_items"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("scan_runs.id"))
+    provider: Mapped[str] = mapped_column(String(16))
+    seq: Mapped[int]
+    customers: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16))
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None]
+    attempts: Mapped[int]
+    accounts: Mapped[int]
+    skipped: Mapped[int]
+    alerts: Mapped[int]
+    new_alerts: Mapped[int]
+    failed: Mapped[dict[str, Any]]
+    finished_at: Mapped[datetime | None]
+
+    __table_args__ = (Index("ix_scan_items_claim", "run_id", "status", "id"),)
+
+
+class ScanAccountRow(Base):
+    """An account claimed by one work item of a run, so an account in several providers is
+    scanned once."""
+
+    __tablename__ = "scan_accounts"
+
+    run_id: Mapped[int] = mapped_column(primary_key=True)
+    account_key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    item_id: Mapped[int]
+
+
+class WebhookEventRow(Base):
+    """A verified provider webhook, stored before it is answered and processed after."""
+
+    __tablename__ = "webhook_events"
+
+    source: Mapped[str] = mapped_column(String(32), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    type: Mapped[str] = mapped_column(String(128))
+    payload: Mapped[dict[str, Any]]
+    received_at: Mapped[datetime]
+    processed_at: Mapped[datetime | None]
+    attempts: Mapped[int]
+    outcome: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (Index("ix_webhook_events_pending", "processed_at", "received_at"),)

@@ -15,6 +15,7 @@ from sqlalchemy import Insert, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.domain.records import AccountLink, AuditEvent
+from bot.storage.alerts import SqlAlerts, SqlScans, SqlWebhooks
 from bot.storage.approvals import SqlApprovalRequests
 from bot.storage.cases import SqlCases, SqlTicketNotes
 from bot.storage.outbox import SqlLeases, SqlOutbox
@@ -182,6 +183,9 @@ class SqlUnitOfWork:
         self._cases: SqlCases | None = None
         self._ticket_notes: SqlTicketNotes | None = None
         self._requests: SqlApprovalRequests | None = None
+        self._alerts: SqlAlerts | None = None
+        self._scans: SqlScans | None = None
+        self._webhooks: SqlWebhooks | None = None
 
     @property
     def session(self) -> AsyncSession:
@@ -246,6 +250,27 @@ class SqlUnitOfWork:
             self._requests = SqlApprovalRequests(self.session)
         return self._requests
 
+    @property
+    def alerts(self) -> SqlAlerts:
+        """Anomaly alerts, feedback and suppressions."""
+        if self._alerts is None:
+            self._alerts = SqlAlerts(self.session)
+        return self._alerts
+
+    @property
+    def scans(self) -> SqlScans:
+        """Scan runs and their work items."""
+        if self._scans is None:
+            self._scans = SqlScans(self.session)
+        return self._scans
+
+    @property
+    def webhooks(self) -> SqlWebhooks:
+        """Received provider webhooks."""
+        if self._webhooks is None:
+            self._webhooks = SqlWebhooks(self.session)
+        return self._webhooks
+
     async def commit(self) -> None:
         """Make everything done in this unit of work durable."""
         await self.session.commit()
@@ -280,3 +305,4 @@ class SqlUnitOfWork:
             self._cases = None
             self._ticket_notes = None
             self._requests = None
+            self._alerts = self._scans = self._webhooks = None

@@ -41,6 +41,8 @@ class SandboxAccount:
     metronome_customer_id: str | None  # a UUID
     story: str | None  # the planted story's key; None for ordinary accounts
     currency: str = "usd"
+    #: The labelled population's plant key (`population.POPULATION`); None elsewhere.
+    plant: str | None = None
     number: int = field(default=0, repr=False, compare=False)  # position in `SandboxWorld.accounts`
 
 

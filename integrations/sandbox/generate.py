@@ -32,6 +32,7 @@ from integrations.sandbox.accounts import (
     b62,
     digest,
 )
+from integrations.sandbox.population import Plant, plant_for
 from integrations.sandbox.specs import spec_for
 
 PERIODS = 16  # invoiced monthly periods of history (about 16 months, > 400 days of usage)
@@ -206,6 +207,7 @@ class Model:
     plan: str
     state: tuple[str, str, str]
     tax_percent: Decimal | None
+    plant: Plant | None = None  # the labelled population's plant, if the account is one
 
     @property
     def seed(self) -> int:
@@ -270,11 +272,14 @@ def _model(world: WorldIndex, acct: SandboxAccount) -> Model:
     rng = random.Random(f"{world.seed}:{acct.account_id}")  # noqa: S311
     rng.random()  # the index used the first draw to pick the billing provider
     spec = spec_for(acct.account_id)
+    plant = plant_for(acct.account_id)
     now = world.now
     # Periods turn at midnight UTC even when `now` has a time of day.
     today = now.replace(hour=0, minute=0, second=0, microsecond=0)
     if spec is not None:
         latest = today - timedelta(days=spec.latest_invoice_days_ago)
+    elif plant is not None:
+        latest = today - timedelta(days=plant.latest_invoice_days_ago)
     else:
         anchor_day = rng.randint(1, 28)
         latest = today.replace(day=anchor_day)
@@ -282,7 +287,8 @@ def _model(world: WorldIndex, acct: SandboxAccount) -> Model:
             latest = add_months(latest, -1)
     bounds = [add_months(latest, j - PERIODS) for j in range(PERIODS + 2)]
     created = bounds[0] - timedelta(days=rng.randint(1, 20), hours=rng.randint(8, 18))
-    story = spec.key if spec else None
+    # A population account is planted like a story (no random extras) with its own usage.
+    story = spec.key if spec else (f"population:{plant.key}" if plant else None)
     days = (now - bounds[0]).days
     weekday = bounds[0].weekday()
     growth = 0.0 if story else rng.uniform(-0.01, 0.06)
@@ -324,6 +330,7 @@ def _model(world: WorldIndex, acct: SandboxAccount) -> Model:
         plan=plan,
         state=state,
         tax_percent=tax,
+        plant=plant,
     )
     if story:
         for s in [*series, *extra]:
@@ -340,6 +347,8 @@ def _model(world: WorldIndex, acct: SandboxAccount) -> Model:
             model.state = ("IL", "Chicago", "60601")
         if story == "open_dispute":
             model.plan = "pro"
+    if plant is not None:
+        _plant_usage(model, plant)
     return model
 
 
@@ -889,7 +898,13 @@ class StripeBook:
         charge["refunds"]["data"].insert(0, refund)
         self.data.refunds.insert(0, refund)
 
-    def dispute(self, charge: Obj, created: datetime, due_by: datetime) -> None:
+    def dispute(
+        self,
+        charge: Obj,
+        created: datetime,
+        due_by: datetime,
+        reason: str = "product_not_received",
+    ) -> None:
         """An open dispute (needs a response) on a charge."""
         dispute_id = self.ids.stripe("dp")
         fee = 1_500
@@ -962,7 +977,7 @@ class StripeBook:
                     },
                     "type": "card",
                 },
-                "reason": "product_not_received",
+                "reason": reason,
                 "status": "needs_response",
             }
         )
@@ -1046,7 +1061,7 @@ class StripeBook:
         metric_prices = [self.catalog.price(s.metric.key) for s in m.series]
 
         upgrade_at: datetime | None = None
-        if story == "plan_change_proration":
+        if story == "plan_change_proration" or (m.plant is not None and m.plant.upgrade):
             upgrade_at = b[PERIODS - 1] + (b[PERIODS] - b[PERIODS - 1]) * 2 // 5
             upgrade_at = upgrade_at.replace(hour=14, minute=23, second=7)
 
@@ -1135,6 +1150,7 @@ class StripeBook:
                 tax_rate=tax_rate_at(k),
                 reason="subscription_create" if k == 0 else "subscription_cycle",
             )
+            self._plant_lines(invoice, k)
             plan_lines[k] = next(
                 li["id"]
                 for li in invoice["lines"]["data"]
@@ -1165,6 +1181,104 @@ class StripeBook:
             meter["id"]: self._summaries(meter["id"], s)
             for meter, s in zip(self.data.meters, m.series, strict=True)
         }
+
+    # the labelled population ---------------------------------------------------------------
+
+    def _plant_lines(self, invoice: Obj, k: int) -> None:
+        """A population account's one-time charge on the latest invoice, or one-off credit on
+        the one before (before the invoice is settled, so its payment covers them)."""
+        plant = self.m.plant
+        if plant is None:
+            return
+        if plant.one_off and k == PERIODS:
+            self._add_item(invoice, plant.one_off[0], plant.one_off[1] * 100)
+        if plant.credit and k == PERIODS - 1:
+            self._add_item(invoice, plant.credit[0], -plant.credit[1] * 100)
+
+    def _add_item(self, invoice: Obj, description: str, amount: int) -> None:
+        """An invoice item line (`invoice_item_details`) added to an untaxed, undiscounted
+        invoice, with the invoice's amounts updated."""
+        name = description.lower().replace(" ", "_")
+        price_id = self.catalog._id("price", f"one_time:{name}")
+        line = {
+            "amount": amount,
+            "currency": "usd",
+            "description": description,
+            "discount_amounts": [],
+            "discountable": amount > 0,
+            "discounts": [],
+            "id": self.ids.stripe("il"),
+            "invoice": invoice["id"],
+            "livemode": False,
+            "metadata": {},
+            "object": "line_item",
+            "parent": {
+                "invoice_item_details": {
+                    "invoice_item": self.ids.stripe("ii"),
+                    "proration": False,
+                    "proration_details": {"credited_items": None},
+                    "subscription": None,
+                },
+                "subscription_item_details": None,
+                "type": "invoice_item_details",
+            },
+            "period": {"end": invoice["created"], "start": invoice["created"]},
+            "pretax_credit_amounts": [],
+            "pricing": {
+                "price_details": {
+                    "price": price_id,
+                    "product": self.catalog._id("prod", f"one_time:{name}"),
+                },
+                "type": "price_details",
+                "unit_amount_decimal": str(amount),
+            },
+            "quantity": 1,
+            "quantity_decimal": "1",
+            "subscription": None,
+            "subtotal": amount,
+            "taxes": [],
+        }
+        invoice["lines"]["data"].append(line)
+        for key in (
+            "subtotal", "subtotal_excluding_tax", "total", "total_excluding_tax", "amount_due",
+            "amount_remaining",
+        ):  # fmt: skip
+            invoice[key] += amount
+
+    def _planted_payment(
+        self, invoice: Obj, finalized: datetime, describe: str, *, retried: bool
+    ) -> None:
+        """A population account's latest invoice: declined and still open (retry scheduled), or
+        declined and paid by the retry two days later."""
+        due = invoice["amount_due"]
+        attempts: list[tuple[datetime, str | None]] = [
+            (
+                finalized + timedelta(seconds=3),
+                "insufficient_funds" if retried else "generic_decline",
+            )
+        ]
+        if retried:
+            attempts.append((finalized + 2 * DAY + timedelta(minutes=17), None))
+        intent, charges = self.pay(
+            amount=due, created=finalized, description=describe, metadata={}, attempts=attempts
+        )
+        if not retried:
+            self._invoice_payment(invoice, intent, paid_at=None)
+            retry = max(finalized + 3 * DAY, self.m.now + DAY)
+            invoice.update(
+                status="open",
+                attempt_count=1,
+                attempted=True,
+                auto_advance=True,
+                next_payment_attempt=ts(retry),
+            )
+            return
+        paid_at = charges[-1]["created"]
+        self._invoice_payment(invoice, intent, paid_at=paid_at)
+        invoice.update(
+            status="paid", amount_paid=due, amount_remaining=0, attempt_count=2, attempted=True
+        )
+        invoice["status_transitions"]["paid_at"] = paid_at
 
     def _coupon(self, coupon_id: str, name: str, start: datetime, end: datetime) -> Coupon:
         return Coupon(self.ids.stripe("di"), coupon_id, name, Decimal(20), start - HOUR, end)
@@ -1399,6 +1513,10 @@ class StripeBook:
             invoice.update(status="paid", attempted=True)
             invoice["status_transitions"]["paid_at"] = ts(finalized)
             return
+        plant = self.m.plant
+        if k == PERIODS and plant is not None and plant.payment in ("failed", "retried"):
+            self._planted_payment(invoice, finalized, describe, retried=plant.payment == "retried")
+            return
         if k == PERIODS and story == "failed_payment_dunning":
             attempts: list[tuple[datetime, str | None]] = [
                 (finalized + timedelta(seconds=3), "generic_decline"),
@@ -1430,7 +1548,9 @@ class StripeBook:
             status="paid", amount_paid=due, amount_remaining=0, attempt_count=1, attempted=True
         )
         invoice["status_transitions"]["paid_at"] = paid_at
-        if k == PERIODS and story == "duplicate_charge":
+        if k == PERIODS and (
+            story == "duplicate_charge" or (plant is not None and plant.payment == "duplicate")
+        ):
             # The customer also paid the hosted invoice page by hand a few hours later.
             again = finalized + timedelta(hours=5, minutes=13)
             intent2, charges2 = self.pay(
@@ -1722,6 +1842,10 @@ class OrbBook:
                     remaining -= apply
                     used += apply
                 lines.append(self._line(price, quantity, amount, start, end, apply))
+            if j == PERIODS - 1 and m.plant is not None and m.plant.one_off:
+                what, dollars = m.plant.one_off
+                one_time = self._one_time_price(what, dollars * 100)
+                lines.append(self._line(one_time, 1, dollars * 100, start, end, Decimal(0)))
             invoice = self._invoice(j, lines, subscription_id)
             if credit and used > 0:
                 ledger.append(
@@ -1868,33 +1992,39 @@ class OrbBook:
         attempts: list[Obj] = []
         paid = issued
         total_cents = int(total * 100)
+        failed: datetime | None = None
         if total_cents > 0:
+            tries = _planted_tries(m, j, issued + timedelta(minutes=1), minutes=9)
             intent, charges = self.stripe.pay(
                 amount=total_cents,
                 created=issued + timedelta(minutes=1),
                 description=f"Orb invoice {number}",
                 metadata={"orb_invoice_id": invoice_id, "account_id": acct.account_id},
+                attempts=tries,
             )
-            paid = datetime.fromtimestamp(charges[-1]["created"], m.now.tzinfo)
-            attempts.append(
-                {
-                    "id": self.ids.orb("payment_attempt"),
-                    "amount": usd(total_cents),
-                    "created_at": iso(paid),
-                    "payment_provider": "stripe",
-                    "payment_provider_id": intent["id"],
-                    "receipt_pdf": None,
-                    "succeeded": True,
-                }
-            )
+            for charge in charges:
+                paid = datetime.fromtimestamp(charge["created"], m.now.tzinfo)
+                attempts.append(
+                    {
+                        "id": self.ids.orb("payment_attempt"),
+                        "amount": usd(total_cents),
+                        "created_at": iso(paid),
+                        "payment_provider": "stripe",
+                        "payment_provider_id": intent["id"],
+                        "receipt_pdf": None,
+                        "succeeded": charge["status"] == "succeeded",
+                    }
+                )
+            if charges[-1]["status"] != "succeeded":
+                failed = paid
         token = b62(digest(f"orbview|{invoice_id}", 24) % 62**32, 32)
-        return {
+        invoice: Obj = {
             "id": invoice_id,
             "amount_due": usd(total_cents),
             "auto_collection": {
                 "enabled": True,
                 "next_attempt_at": None,
-                "num_attempts": 1 if attempts else 0,
+                "num_attempts": len(attempts),
                 "previously_attempted_at": iso(paid) if attempts else None,
             },
             "billing_address": None,
@@ -1938,6 +2068,28 @@ class OrbBook:
             "voided_at": None,
             "will_auto_issue": False,
         }
+        if failed is not None:  # a planted failed payment: issued, unpaid, retry scheduled
+            invoice.update(
+                status="issued",
+                paid_at=None,
+                payment_received_at=None,
+                payment_failed_at=iso(failed),
+            )
+            invoice["auto_collection"]["next_attempt_at"] = iso(max(failed + 3 * DAY, m.now + DAY))
+        return invoice
+
+    def _one_time_price(self, name: str, cents: int) -> Obj:
+        """A one-time fixed fee (an Orb price with `cadence: one_time`)."""
+        price = self.price(self.m.plan)
+        price.update(
+            id=self._cid("price", f"one_time:{name}"),
+            cadence="one_time",
+            fixed_price_quantity=1.0,
+            item={"id": self._cid("item", name), "name": name},
+            name=name,
+            unit_config={"prorated": False, "unit_amount": usd(cents)},
+        )
+        return price
 
     def _subscription(
         self, subscription_id: str, customer: Obj, plan: Obj, prices: list[Obj]
@@ -2097,8 +2249,18 @@ class MetronomeBook:
         fee = PLANS[m.plan][1] if story != "multi_provider" else 49_900
         platform = self._schedule("Platform fee", fee, range(PERIODS + 1))
         addon = None
-        if story == "new_addon":
+        addon_first, amended_at = PERIODS - 1, b[PERIODS - 1]
+        plant = m.plant
+        if story == "new_addon" or (plant is not None and plant.upgrade):
             addon = self._schedule("Premium Support", 50_000, range(PERIODS - 1, PERIODS + 1))
+        elif plant is not None and plant.amend_days_ago is not None:
+            # Amended a few days ago; its new charge starts with the next statement.
+            addon = self._schedule("Premium Support", 50_000, range(PERIODS, PERIODS + 1))
+            addon_first, amended_at = PERIODS, m.now - timedelta(days=plant.amend_days_ago)
+        one_off = None
+        if plant is not None and plant.one_off:
+            what, dollars = plant.one_off
+            one_off = self._schedule(what, dollars * 100, range(PERIODS - 1, PERIODS))
         grant = self._grant_plan()
         remaining = grant.amount if grant else 0
         deductions: list[tuple[datetime, int, str]] = []
@@ -2107,8 +2269,10 @@ class MetronomeBook:
             start, end = b[j], b[j + 1]
             invoice_id = self.ids.metronome("invoice")
             lines = [self._scheduled_line(platform, j, invoice_id)]
-            if addon is not None and j >= PERIODS - 1:
-                lines.append(self._scheduled_line(addon, j - (PERIODS - 1), invoice_id))
+            if addon is not None and j >= addon_first:
+                lines.append(self._scheduled_line(addon, j - addon_first, invoice_id))
+            if one_off is not None and j == PERIODS - 1:
+                lines.append(self._scheduled_line(one_off, 0, invoice_id))
             usage_total = 0
             for s in self.series:
                 quantity = m.quantity(s, j)
@@ -2154,7 +2318,10 @@ class MetronomeBook:
         data.invoices = invoices
         balances = [self._grant(grant, remaining, deductions)] if grant else []
         data.balances = balances
-        data.contracts = [self._contract(platform, addon, balances)]
+        extra = [one_off] if one_off is not None else []
+        data.contracts = [
+            self._contract(platform, addon, balances, amended_at=amended_at, extra=extra)
+        ]
         data.usage = self._usage()
         return data
 
@@ -2295,13 +2462,16 @@ class MetronomeBook:
             "issued_at_timestamp": rfc(issued),
         }
         if total > 0:
-            intent, _ = self.stripe.pay(
+            intent, charges = self.stripe.pay(
                 amount=total,
                 created=issued + timedelta(minutes=2),
                 description=f"Metronome invoice {invoice_id[:8]}",
                 metadata={"metronome_invoice_id": invoice_id, "account_id": m.account.account_id},
+                attempts=_planted_tries(m, j, issued + timedelta(minutes=2), minutes=31),
             )
             external["external_payment_id"] = intent["id"]
+            if charges[-1]["status"] != "succeeded":
+                external["external_status"] = "PAYMENT_FAILED"
         return {
             "contract_id": self.contract_id,
             "created_at": rfc(b[j + 1]),
@@ -2322,8 +2492,18 @@ class MetronomeBook:
             "type": "USAGE",
         }
 
-    def _contract(self, platform: Obj, addon: Obj | None, balances: list[Obj]) -> Obj:
+    def _contract(
+        self,
+        platform: Obj,
+        addon: Obj | None,
+        balances: list[Obj],
+        *,
+        amended_at: datetime | None = None,
+        extra: list[Obj] | None = None,
+    ) -> Obj:
         b = self.m.bounds
+        others = extra or []  # one-time scheduled charges in the contract from the start
+        amended = amended_at or b[PERIODS - 1]
         created = rfc(b[0] - 2 * DAY)
 
         def terms_of(grant: Obj) -> Obj:  # contracts carry grants without balance and ledger
@@ -2359,7 +2539,7 @@ class MetronomeBook:
             amendments.append(
                 {
                     "commits": [],
-                    "created_at": rfc(b[PERIODS - 1] - 3 * DAY),
+                    "created_at": rfc(amended - 3 * DAY),
                     "created_by": "sales@sandbox-cloud.example",
                     "credits": [],
                     "discounts": [],
@@ -2368,16 +2548,16 @@ class MetronomeBook:
                     "professional_services": [],
                     "reseller_royalties": [],
                     "scheduled_charges": [addon],
-                    "starting_at": rfc(b[PERIODS - 1]),
+                    "starting_at": rfc(amended),
                 }
             )
         return {
             "amendments": amendments,
-            "current": terms([platform, addon] if addon else [platform]),
+            "current": terms([platform, addon, *others] if addon else [platform, *others]),
             "custom_fields": {},
             "customer_id": self.customer_id,
             "id": self.contract_id,
-            "initial": terms([platform]),
+            "initial": terms([platform, *others]),
             "scheduled_charges_on_usage_invoices": "ALL",
         }
 
@@ -2407,6 +2587,85 @@ def _number(value: Decimal) -> int | float:
     return int(value) if value == value.to_integral_value() else float(value)
 
 
+# --- The labelled population -----------------------------------------------------------------
+
+
+def _plant_usage(model: Model, plant: Plant) -> None:
+    """A population account's usage (`population.Plant`): its own level, growth, weekly shape
+    and noise, then its planted steps, peaks, late start and spikes."""
+    rng = random.Random(f"{model.seed}:plant:{plant.key}")  # noqa: S311 - seeded test data
+    days = (model.now - model.bounds[0]).days
+    months = days / 30.44
+    series = []
+    for key in plant.metrics:
+        metric = METRICS[key]
+        low, high = math.log(metric.daily_low), math.log(metric.daily_high)
+        level_now = math.exp(low + plant.level * (high - low))
+        base = level_now / (1 + plant.growth) ** months  # so the level is `level` today
+        daily = _daily(
+            rng, days, model.bounds[0].weekday(), base, plant.growth, plant.weekend, plant.noise
+        )
+        if plant.step is not None:
+            since, factor = plant.step
+            for i in range(days - since, days):
+                daily[i] = int(daily[i] * factor + 0.5)
+        if plant.peaks is not None:
+            every, latest, factor = plant.peaks
+            for i in range(days - latest, 0, -every):
+                daily[i] = int(daily[i] * factor + 0.5)
+        if plant.usage_days is not None:
+            first = days - plant.usage_days
+            for i in range(first):
+                daily[i] = 0
+            for i in range(first, min(days, first + 4)):  # ramping up over the first days
+                daily[i] = int(daily[i] * (0.35 + 0.65 * (i - first) / 4) + 0.5)
+        for spiked, ago, factor in plant.spikes:
+            if spiked == key:
+                daily[days - ago] = int(daily[days - ago] * factor + 0.5)
+        series.append(Series(metric, daily))
+    model.series = series
+    model.plan = plant.plan
+    model.tax_percent = None
+
+
+def _planted_tries(
+    model: Model, period: int, first: datetime, *, minutes: int
+) -> list[tuple[datetime, str | None]] | None:
+    """A population account's payment attempts for its latest Orb or Metronome invoice: one
+    decline (failed), or a decline then a success two days later (retried); None otherwise."""
+    plant = model.plant
+    if period != PERIODS - 1 or plant is None or plant.payment not in ("failed", "retried"):
+        return None
+    tries: list[tuple[datetime, str | None]] = [(first + timedelta(seconds=2), "generic_decline")]
+    if plant.payment == "retried":
+        tries.append((first + 2 * DAY + timedelta(minutes=minutes), None))
+    return tries
+
+
+def _plant_payments(model: Model, stripe: StripeBook) -> None:
+    """A population account's dispute on its latest payment, or (Orb and Metronome billing) the
+    latest payment charged a second time by hand (Stripe-billed duplicates are in `_settle`)."""
+    plant = model.plant
+    assert plant is not None
+    paid = [c for c in stripe.data.charges if c["status"] == "succeeded"]
+    if not paid:
+        return
+    latest = max(paid, key=lambda c: (c["created"], c["id"]))
+    if plant.payment == "dispute":
+        created = model.now - timedelta(days=plant.dispute_days_ago) + 9 * HOUR
+        due = max(created + 7 * DAY, model.now + 2 * DAY)
+        stripe.dispute(latest, created, due, reason=plant.dispute_reason)
+    elif plant.payment == "duplicate" and model.account.billing != "stripe":
+        charged = datetime.fromtimestamp(latest["created"], model.now.tzinfo)
+        gap = timedelta(hours=3) if model.account.billing == "orb" else timedelta(minutes=40)
+        stripe.pay(
+            amount=latest["amount"],
+            created=charged + gap,
+            description=latest["description"],
+            metadata=dict(latest["metadata"]),
+        )
+
+
 # --- One account -----------------------------------------------------------------------------
 
 
@@ -2422,6 +2681,8 @@ def build_account(world: WorldIndex, acct: SandboxAccount) -> AccountBundle:
     if acct.metronome_customer_id is not None:
         series = model.extra_series if acct.billing == "orb" else model.series
         metronome = MetronomeBook(model, stripe, series).bill()
+    if model.plant is not None:
+        _plant_payments(model, stripe)
     stripe.plant_refunds()
     stripe.finish_customer(delinquent=model.story == "failed_payment_dunning")
     return AccountBundle(stripe=stripe.data, orb=orb, metronome=metronome)

@@ -260,7 +260,7 @@ class MetronomeSandboxServer:
         self._world = world
         self._api_key = api_key
         self._usage_page_size = max(1, usage_page_size)
-        self._by_id: dict[str, _MetronomeData] | None = None
+        self._ids: dict[str, str] | None = None
         #: Seconds a write waits after claiming its keys, before it applies.
         self.write_delay = write_delay
         #: Catalogue products any customer's credit may use: product ID -> name.
@@ -323,25 +323,39 @@ class MetronomeSandboxServer:
 
     # --- the world's Metronome customers ---------------------------------------------------
 
-    def _customers(self) -> dict[str, _MetronomeData]:
-        if self._by_id is None:
-            index: dict[str, _MetronomeData] = {}
-            for account in self._world.accounts:
-                if not account.metronome_customer_id:
-                    continue
-                data = self._world.metronome(account.account_id)
-                if data is not None:
-                    index[str(data.customer.get("id", account.metronome_customer_id)).lower()] = (
-                        data
-                    )
-            self._by_id = index
-        return self._by_id
+    def _customer_ids(self) -> dict[str, str]:
+        """Metronome customer ID (lower-case) → our account ID, from the index alone (building
+        no account)."""
+        if self._ids is None:
+            self._ids = {
+                a.metronome_customer_id.lower(): a.account_id
+                for a in self._world.accounts
+                if a.metronome_customer_id
+            }
+        return self._ids
+
+    def _data_of(self, customer_id: str) -> _MetronomeData | None:
+        account_id = self._customer_ids().get(customer_id)
+        return self._world.metronome(account_id) if account_id else None
 
     def _customer_data(self, customer_id: Any) -> _MetronomeData:
-        data = self._customers().get(_uuid(customer_id, "customer_id"))
+        data = self._data_of(_uuid(customer_id, "customer_id"))
         if data is None:
             raise _not_found("Customer")
         return data
+
+    def _alias_candidates(self, alias: str) -> list[str]:
+        """Customer IDs that may carry `alias`: the sandbox's ingest aliases are the account ID
+        and the billing email, so only the accounts with that ID or email are built."""
+        wanted = alias.lower()
+        accounts = [a for a in self._world.accounts if a.metronome_customer_id]
+        if not all(isinstance(getattr(a, "email", None), str) for a in accounts):
+            return sorted(self._customer_ids())  # a world without emails: look at every one
+        return sorted(
+            str(a.metronome_customer_id).lower()
+            for a in accounts
+            if a.account_id == alias or str(getattr(a, "email", "")).lower() == wanted
+        )
 
     # --- customers ---------------------------------------------------------------------------
 
@@ -356,17 +370,25 @@ class MetronomeSandboxServer:
         wanted_ids = _split_ids(request.q_all("customer_ids"))
         only_archived = _flag(request.q("only_archived"))
         limit = _limit(request.q("limit"), default=DEFAULT_LIMIT, maximum=MAX_LIMIT)
-        matches = []
-        for customer_id, data in sorted(self._customers().items()):
+        ids = self._alias_candidates(alias) if alias is not None else sorted(self._customer_ids())
+        if wanted_ids:
+            ids = [i for i in ids if i in wanted_ids]
+        # Walk the sorted IDs from the cursor, building only the customers a page needs.
+        start = _decode_cursor("customers", request.q("next_page"))
+        page: list[Any] = []
+        position = start
+        while position < len(ids) and len(page) < limit:
+            data = self._data_of(ids[position])
+            position += 1
+            if data is None:
+                continue
             customer = data.customer
             if alias is not None and alias not in (customer.get("ingest_aliases") or []):
                 continue
-            if wanted_ids and customer_id not in wanted_ids:
-                continue
             if bool(customer.get("archived_at")) != only_archived:
                 continue
-            matches.append(customer)
-        page, cursor = _window(matches, "customers", request.q("next_page"), limit)
+            page.append(customer)
+        cursor = _encode_cursor("customers", position) if position < len(ids) else None
         return WireResponse.of_json({"data": page, "next_page": cursor})
 
     # --- invoices ----------------------------------------------------------------------------
@@ -749,7 +771,7 @@ class MetronomeSandboxServer:
         if customer_ids:
             sources = [self._customer_data(cid) for cid in customer_ids]
         else:
-            sources = [self._customers()[cid] for cid in sorted(self._customers())]
+            sources = [d for d in (self._data_of(cid) for cid in sorted(self._customer_ids())) if d]
         items: list[Mapping[str, Any]] = []
         for data in sources:
             for item in data.usage:

@@ -375,6 +375,11 @@ class OrbSandboxServer:
     async def _list_customers(
         self, request: WireRequest, params: Mapping[str, str]
     ) -> WireResponse:
+        if not any(k.startswith("created_at[") for k, _ in request.query):
+            # Unfiltered: page over the account index and build only the page's customers, so
+            # listing 10,000 customers never holds them all (the order is the world's, stable).
+            ids = list(self._account_of.values())
+            return _page(_LazyCustomers(self.world, ids), request)
         items = [d.customer for d in self._all_data()]
         items = _filter_times(items, "created_at", request)
         items.sort(key=lambda c: str(c.get("created_at", "")), reverse=True)
@@ -679,6 +684,24 @@ class OrbSandboxServer:
 # --- list helpers -----------------------------------------------------------------------------
 
 _EPOCH: Final = datetime.fromtimestamp(0, UTC)
+
+
+class _LazyCustomers(Sequence[Mapping[str, Any]]):
+    """The Orb customers of `account_ids` as a sequence whose items are built on access."""
+
+    def __init__(self, world: OrbWorld, account_ids: list[str]) -> None:
+        self._world = world
+        self._ids = account_ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self._ids)))]
+        data = self._world.orb(self._ids[index])
+        assert data is not None, "the index lists only Orb accounts"
+        return data.customer
 
 
 def _page(items: Sequence[Mapping[str, Any]], request: WireRequest) -> WireResponse:

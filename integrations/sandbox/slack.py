@@ -31,6 +31,7 @@ from aiohttp import web
 __all__ = [
     "LocalSlack",
     "SlackCall",
+    "SlackFile",
     "SlackMessage",
     "dm_channel_id",
     "validate_blocks",
@@ -73,6 +74,21 @@ class SlackMessage:
     user: str = ""
     bot_id: str | None = None
     edited: bool = False
+
+
+@dataclass(slots=True)
+class SlackFile:
+    """A file uploaded through `files.getUploadURLExternal` and the upload URL; it is shared in
+    a channel (and thread) once `files.completeUploadExternal` names it."""
+
+    id: str
+    filename: str
+    length: int
+    content: bytes | None = None
+    title: str | None = None
+    channel: str | None = None
+    thread_ts: str | None = None
+    completed: bool = False
 
 
 @dataclass(slots=True)
@@ -472,7 +488,11 @@ class LocalSlack:
             "usergroups.users.list": self._usergroups_users_list,
             "users.info": self._users_info,
             "conversations.open": self._conversations_open,
+            "files.getUploadURLExternal": self._files_get_upload_url,
+            "files.completeUploadExternal": self._files_complete_upload,
         }
+        #: Uploaded files by ID (content kept, for tests and the shell's saved charts).
+        self.files: dict[str, SlackFile] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -483,6 +503,7 @@ class LocalSlack:
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._handle_api)
         app.router.add_post("/response/{key}", self._handle_response_url)
+        app.router.add_post("/upload/{file_id}", self._handle_upload)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -686,6 +707,29 @@ class LocalSlack:
                     bot_id=self.bot_id,
                 )
             )
+
+    async def _handle_upload(self, request: web.Request) -> web.Response:
+        """The upload URL: the file's bytes, raw or as a multipart `file` field (slack_sdk sends
+        multipart). Slack answers `OK - <length>` as plain text."""
+        file = self.files.get(request.match_info["file_id"])
+        if file is None or file.completed:
+            return web.Response(status=404, text="Not Found")
+        if request.content_type.startswith("multipart/"):
+            form = await request.post()
+            field = form.get("file") or next(iter(form.values()), None)
+            handle = getattr(field, "file", None)
+            content = handle.read() if handle is not None else str(field or "").encode()
+        else:
+            content = await request.read()
+        if len(content) != file.length:
+            # Slack refuses bytes that do not match the announced length.
+            return web.Response(status=400, text="length mismatch")
+        file.content = content
+        self.calls.append(
+            SlackCall(method="upload", args={"file_id": file.id, "bytes": len(content)},
+                      response={"ok": True}, ok=True)
+        )  # fmt: skip
+        return web.Response(status=200, text=f"OK - {len(content)}")
 
     def _take_fault(self, method: str) -> _Fault | None:
         queue = self._faults.get(method)
@@ -1004,6 +1048,55 @@ class LocalSlack:
         if user is None:
             return _error("user_not_found")
         return {"ok": True, "user": user}
+
+    def _files_get_upload_url(self, args: dict[str, Any]) -> dict[str, Any]:
+        """`files.getUploadURLExternal`: `filename` and `length` (bytes) are required."""
+        filename = args.get("filename")
+        try:
+            length = int(str(args.get("length")))
+        except ValueError:
+            return _error("invalid_arguments")
+        if not filename or length <= 0:
+            return _error("invalid_arguments")
+        file_id = f"F{len(self.files) + 1:08d}"
+        self.files[file_id] = SlackFile(id=file_id, filename=str(filename), length=length)
+        return {
+            "ok": True,
+            "upload_url": f"http://127.0.0.1:{self.port}/upload/{file_id}",
+            "file_id": file_id,
+        }
+
+    def _files_complete_upload(self, args: dict[str, Any]) -> dict[str, Any]:
+        """`files.completeUploadExternal`: `files` (JSON `[{id, title?}]`) whose bytes were
+        uploaded; shared to `channel_id` (and `thread_ts`) when given."""
+        raw = args.get("files")
+        try:
+            entries = json.loads(raw) if isinstance(raw, str) else raw
+        except ValueError:
+            return _error("invalid_arguments")
+        if not isinstance(entries, list) or not entries:
+            return _error("invalid_arguments")
+        done = []
+        for entry in entries:
+            file = self.files.get(str((entry or {}).get("id")))
+            if file is None:
+                return _error("file_not_found")
+            if file.content is None:
+                return _error("file_upload_not_complete")  # the bytes never reached the URL
+            done.append((file, entry))
+        channel = args.get("channel_id") or args.get("channels")
+        thread_ts = args.get("thread_ts") or None
+        if thread_ts and not channel:
+            return _error("invalid_arguments")
+        out = []
+        for file, entry in done:
+            file.title = str(entry.get("title") or file.filename)
+            file.channel = str(channel) if channel else None
+            file.thread_ts = str(thread_ts) if thread_ts else None
+            file.completed = True
+            out.append({"id": file.id, "title": file.title, "name": file.filename,
+                        "size": file.length})  # fmt: skip
+        return {"ok": True, "files": out}
 
     def _conversations_open(self, args: dict[str, Any]) -> dict[str, Any]:
         channel = args.get("channel")

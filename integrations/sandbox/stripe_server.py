@@ -612,8 +612,13 @@ class StripeSandboxServer:
         api_key: str | None = None,
         write_delay: float = 0.0,
         clock: Callable[[], datetime] | None = None,
+        max_loaded: int | None = None,
     ) -> None:
         self._api_key = api_key
+        #: Accounts indexed at most (benchmarks over 10,000 accounts); the oldest loaded is
+        #: forgotten first. None (the default) keeps everything, as writes must persist.
+        self._max_loaded = max_loaded
+        self._owned: dict[str, list[tuple[dict[str, Any], Any]]] = {}
         self._request_seq = 0
         self._mint_seq = 0
         self._keys = IdempotencyStore()
@@ -661,8 +666,31 @@ class StripeSandboxServer:
             return
         self._loaded.add(account_id)
         data = self._world.stripe(account_id)
-        if data is not None:
+        if data is None:
+            return
+        if self._max_loaded is None:
             self._load(data)
+            return
+        before = {name: set(d) for name, d in self._stores().items()}
+        self._load(data)
+        self._owned[account_id] = [
+            (d, key) for name, d in self._stores().items() for key in set(d) - before[name]
+        ]
+        while len(self._owned) > self._max_loaded:
+            oldest = next(iter(self._owned))
+            for store, key in self._owned.pop(oldest):
+                store.pop(key, None)
+            self._loaded.discard(oldest)
+            self._all_loaded = False
+
+    def _stores(self) -> dict[str, dict[Any, Any]]:
+        return {
+            "customers": self.customers, "subscriptions": self.subscriptions,
+            "invoices": self.invoices, "lines": self.lines,
+            "invoice_payments": self.invoice_payments, "charges": self.charges,
+            "payment_intents": self.payment_intents, "refunds": self.refunds,
+            "disputes": self.disputes, "summaries": self.summaries,
+        }  # fmt: skip
 
     def _load_all(self) -> None:
         if not self._all_loaded:
@@ -1071,6 +1099,8 @@ class StripeSandboxServer:
             if len(str(email)) > 512:
                 raise _invalid("email is too long.", "email")
             self._load_for_email(str(email))
+        elif params.get("created") is None and callable(getattr(self._world, "owner_of", None)):
+            return self._lazy_customer_page(params)
         else:
             self._load_all()
         items = self._live_customers()
@@ -1081,6 +1111,43 @@ class StripeSandboxServer:
         page = self._page(items, params, "/v1/customers")
         page["data"] = [self._customer_out(c) for c in page["data"]]
         return page
+
+    def _lazy_customer_page(self, params: JSON) -> JSON:
+        """An unfiltered customer list built a page at a time from the world's index (so listing
+        every customer never loads every account). Its order is the world's (stable), not
+        newest-first: nothing Billing Triage does depends on the order of this list."""
+        limit = _int(params, "limit")
+        limit = 10 if limit is None else limit
+        if not 1 <= limit <= 100:
+            raise _invalid(
+                "This value must be greater than or equal to 1 and less than or equal to 100.",
+                "limit", "parameter_invalid_integer",
+            )  # fmt: skip
+        if params.get("ending_before"):
+            self._load_all()
+            return self._page(self._live_customers(), params, "/v1/customers")
+        accounts = self._world.accounts
+        start = 0
+        after = params.get("starting_after")
+        if after:
+            owner_of = getattr(self._world, "owner_of")  # noqa: B009 - optional on the protocol
+            owner = owner_of(str(after))
+            self._load_for(after)
+            if owner is None or str(after) not in self.customers:
+                raise _missing("object", str(after), "starting_after")
+            start = next(i for i, a in enumerate(accounts) if a.account_id == owner) + 1
+        page: list[JSON] = []
+        position = start
+        while position < len(accounts) and len(page) < limit:
+            account_id = accounts[position].account_id
+            position += 1
+            self._load_account(account_id)
+            data = self._world.stripe(account_id)
+            customer = self.customers.get(str(data.customer["id"])) if data is not None else None
+            if customer is not None and not customer.get("deleted"):
+                page.append(self._customer_out(customer))
+        return {"object": "list", "data": page, "has_more": position < len(accounts),
+                "url": "/v1/customers"}  # fmt: skip
 
     async def _search_customers(self, _r: WireRequest, params: JSON, _m: re.Match[str]) -> JSON:
         self._expand(params, ("total_count",))

@@ -24,6 +24,7 @@ from integrations.sandbox.accounts import (
     StripeData,
 )
 from integrations.sandbox.generate import build_account
+from integrations.sandbox.population import POPULATION
 from integrations.sandbox.specs import STORY_SPECS
 
 __all__ = [
@@ -43,11 +44,22 @@ __all__ = [
 class SandboxWorld:
     """The index of accounts, with each account's provider objects generated lazily.
 
-    `accounts` lists the story accounts first, then the ordinary ones; `codec` makes and reads
+    `accounts` lists the story accounts first, then the ordinary ones, then the labelled
+    population (`population.POPULATION`, when built with it); `codec` makes and reads
     the object IDs. Generated objects are cached per account and shared: treat them as read-only.
     """
 
-    def __init__(self, *, seed: int, now: datetime, accounts: list[SandboxAccount]) -> None:
+    def __init__(
+        self,
+        *,
+        seed: int,
+        now: datetime,
+        accounts: list[SandboxAccount],
+        max_cached: int | None = None,
+    ) -> None:
+        #: Bundles kept at most (least recently used dropped; they regenerate identically).
+        #: None keeps every one: the default, since servers hand out shared objects.
+        self.max_cached = max_cached
         self.seed = seed
         self.now = now
         self.accounts = accounts
@@ -63,12 +75,16 @@ class SandboxWorld:
         """All provider objects of one account, generated on first use and cached."""
         cached = self._bundles.get(account_id)
         if cached is not None:
+            if self.max_cached is not None:  # most recently used last
+                self._bundles[account_id] = self._bundles.pop(account_id)
             return cached
         acct = self._by_id.get(account_id)
         if acct is None:
             return None
         built = build_account(self, acct)
         self._bundles[account_id] = built
+        if self.max_cached is not None and len(self._bundles) > self.max_cached:
+            del self._bundles[next(iter(self._bundles))]
         return built
 
     def stripe(self, account_id: str) -> StripeData | None:
@@ -137,10 +153,16 @@ def _ordinary_names(seed: int, count: int, taken: set[str]) -> list[tuple[str, s
 
 
 def build_world(
-    *, seed: int = 7, now: datetime | None = None, ordinary_accounts: int = 300
+    *,
+    seed: int = 7,
+    now: datetime | None = None,
+    ordinary_accounts: int = 300,
+    population: bool = True,
+    max_cached: int | None = None,
 ) -> SandboxWorld:
     """Build the sandbox index: the story accounts first, then `ordinary_accounts` more, spread
-    over the billing providers (about 40% Stripe, 35% Orb, 25% Metronome)."""
+    over the billing providers (about 40% Stripe, 35% Orb, 25% Metronome), then (with
+    `population`) the labelled population the anomaly detectors are measured on."""
     if now is None:
         now = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     elif now.tzinfo is None:
@@ -157,6 +179,7 @@ def build_world(
         story: str | None,
         *,
         also_metronome: bool = False,
+        plant: str | None = None,
     ) -> None:
         number = len(accounts)
         accounts.append(
@@ -173,6 +196,7 @@ def build_world(
                     else None
                 ),
                 story=story,
+                plant=plant,
                 number=number,
             )
         )
@@ -193,4 +217,7 @@ def build_world(
             "stripe" if draw < 0.40 else "orb" if draw < 0.75 else "metronome"
         )
         add(account_id, name, email, billing, None)
-    return SandboxWorld(seed=seed, now=now, accounts=accounts)
+    if population:  # after everything else, so the other accounts keep their numbers and IDs
+        for plant in POPULATION:
+            add(plant.account_id, plant.name, plant.email, plant.billing, None, plant=plant.key)
+    return SandboxWorld(seed=seed, now=now, accounts=accounts, max_cached=max_cached)

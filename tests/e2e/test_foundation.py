@@ -76,7 +76,7 @@ async def test_help_answers_with_usage_and_examples(running_app: RunningApp, tex
         ("refund acct_1 abc dup", "not an amount"),
         ("refund acct_1 -5 dup", "negative"),
         ("credit acct_1 0 outage", "more than zero"),
-        ("alerts please", "takes no arguments"),
+        ("alerts please", "takes `open`, `all` or `stats`"),
         ("history", "one account or request ID"),
         ("frobnicate x y", "Unknown subcommand"),
         ("status jane@", "not a valid email"),

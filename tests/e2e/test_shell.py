@@ -38,7 +38,7 @@ async def test_ask_help_prints_usage_and_exits_zero() -> None:
         ("status jane@", 1, "not a valid email"),
         ("frobnicate a b", 2, "Unknown subcommand"),
         ("explain", 2, "Which account?"),
-        ("alerts", 0, "coming soon"),
+        ("alerts", 0, "No open alerts"),
     ],
 )
 async def test_ask_exit_codes(text: str, code: int, fragment: str) -> None:

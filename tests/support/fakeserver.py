@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -61,9 +62,26 @@ class Seen:
 class FakeProviderServer:
     """A provider API on 127.0.0.1:<random port> answering from a router."""
 
-    def __init__(self, router: WireRouter, *, latency: float = 0.0) -> None:
+    def __init__(
+        self,
+        router: WireRouter,
+        *,
+        latency: float = 0.0,
+        rate_limit: float | None = None,
+        record: bool = True,
+    ) -> None:
         self.router = router
         self.latency = latency
+        #: Requests per second allowed (a token bucket holding one second's worth); above it
+        #: the server answers 429 with `Retry-After: 1`, as providers do. None: unlimited.
+        self.rate_limit = rate_limit
+        #: Keep every request in `requests` (off for long benchmarks: memory).
+        self.record = record
+        self._tokens = rate_limit or 0.0
+        self._refilled = time.monotonic()
+        #: Requests answered 429 by the rate limit, and requests let through.
+        self.limited = 0
+        self.served = 0
         self.faults: list[Fault] = []
         self.requests: list[Seen] = []
         self._runner: web.AppRunner | None = None
@@ -139,6 +157,16 @@ class FakeProviderServer:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    def _take_token(self) -> bool:
+        assert self.rate_limit is not None
+        now = time.monotonic()
+        self._tokens = min(self.rate_limit, self._tokens + (now - self._refilled) * self.rate_limit)
+        self._refilled = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
     def _take_fault(self, path: str, method: str, *, after: bool = False) -> Fault | None:
         for fault in self.faults:
             if fault.matches(path, method, after=after):
@@ -153,7 +181,16 @@ class FakeProviderServer:
         body = await request.read()
         headers = {k.lower(): v for k, v in request.headers.items()}
         query = tuple((k, v) for k, v in request.query.items())
-        self.requests.append(Seen(request.method, request.path, query, headers, body))
+        if self.record:
+            self.requests.append(Seen(request.method, request.path, query, headers, body))
+        if self.rate_limit is not None and not self._take_token():
+            self.limited += 1
+            return web.Response(
+                status=429,
+                body=b'{"error": {"type": "rate_limit_error", "message": "Too many requests"}}',
+                headers={"Content-Type": "application/json", "Retry-After": "1"},
+            )
+        self.served += 1
         if self.latency:
             await asyncio.sleep(self.latency)
         fault = self._take_fault(request.path, request.method)

@@ -113,7 +113,7 @@ def test_missing_refund_parts_are_left_for_a_modal() -> None:
         ("refund acct_1 5 re_123 reason", InvalidIdentifier, "not a payment"),
         ("credit", UsageError, "Which account?"),
         ("credit acct_1 lots because", InvalidAmount, "not an amount"),
-        ("alerts now", UsageError, "takes no arguments"),
+        ("alerts now", UsageError, "takes `open`, `all` or `stats`"),
         ("history", UsageError, "one account or request ID"),
         ("frobnicate acct_1", UsageError, "Unknown subcommand"),
         ("status jane@", InvalidIdentifier, "not a valid email"),

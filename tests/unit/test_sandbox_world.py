@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from integrations.sandbox.accounts import METRONOME_KINDS, ORB_KINDS, STRIPE_KINDS
+from integrations.sandbox.population import POPULATION
 from integrations.sandbox.stories import proration_net, stories_of
 from integrations.sandbox.world import SandboxAccount, SandboxWorld, build_world
 
@@ -105,8 +106,9 @@ def test_build_time_is_measured() -> None:
     w = build_world()
     elapsed = time.perf_counter() - started
     print(f"build_world(): {elapsed * 1000:.1f} ms for {len(w.accounts)} accounts")
-    assert len(w.accounts) == 300 + 12
+    assert len(w.accounts) == 300 + 12 + len(POPULATION)
     assert not w._bundles  # nothing generated until an account is looked at
+    assert len(build_world(population=False).accounts) == 300 + 12
 
 
 # --- the index ----------------------------------------------------------------------------------
@@ -114,7 +116,7 @@ def test_build_time_is_measured() -> None:
 
 def test_index_spreads_accounts_over_the_billing_providers(world: SandboxWorld) -> None:
     """Ordinary accounts are billed by Stripe (~40%), Orb (~35%) and Metronome (~25%)."""
-    ordinary = [a for a in world.accounts if a.story is None]
+    ordinary = [a for a in world.accounts if a.story is None and a.plant is None]
     assert len(ordinary) == 300
     share = {p: sum(a.billing == p for a in ordinary) / 300 for p in ("stripe", "orb", "metronome")}
     assert abs(share["stripe"] - 0.40) < 0.08
@@ -805,8 +807,23 @@ def test_naive_now_is_refused() -> None:
 
 def test_more_accounts_than_names_get_numbered_ids() -> None:
     """Past the list of company names, ordinary accounts are numbered (`acct_00001`…)."""
-    w = build_world(now=NOW, ordinary_accounts=1200)
+    w = build_world(now=NOW, ordinary_accounts=1200, population=False)
     ids = [a.account_id for a in w.accounts]
     assert len(set(ids)) == len(ids) == 1212
     assert "acct_00001" in ids
     assert w.owner_of(str(w.accounts[-1].stripe_customer_id)) == ids[-1]
+
+
+def test_the_labelled_population_follows_the_ordinary_accounts(world: SandboxWorld) -> None:
+    """Every population plant is an account after the stories and the ordinary ones, billed by
+    the provider it names, its objects' IDs owned by it, and labelled only in the recent past."""
+    accounts = {a.account_id: a for a in world.accounts}
+    first = min(accounts[p.account_id].number for p in POPULATION)
+    assert first == 12 + 300
+    for plant in POPULATION:
+        acct = accounts[plant.account_id]
+        assert (acct.plant, acct.story, acct.billing) == (plant.key, None, plant.billing)
+        assert all(0 <= ago <= 20 for _, ago in plant.expected)
+    bundle = world.bundle(POPULATION[0].account_id)
+    assert bundle is not None and bundle.orb is not None
+    assert world.owner_of(bundle.orb.invoices[0]["id"]) == POPULATION[0].account_id

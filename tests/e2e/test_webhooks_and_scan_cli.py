@@ -1,0 +1,97 @@
+"""Provider webhooks end to end (signed deliveries to the served app → alerts in on-call), and
+`billing-triage scan` run for real as a subprocess (output format, exit codes, no progress bar
+when piped)."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bot.domain.webhooks import sign_stripe
+from integrations.sandbox.slack import LocalSlack
+from tests.e2e.test_cli import _run
+from tests.support.app import serve_app, wait_until
+
+SECRET = "whsec_e2e"
+KEYS = {"account", "kind", "severity", "period", "expected", "actual", "impact", "currency",
+        "summary"}  # fmt: skip
+
+
+def _dispute(event_id: str, *, kind: str = "charge.dispute.created") -> bytes:
+    now = int(time.time())
+    return json.dumps({
+        "id": event_id, "object": "event", "type": kind, "created": now,
+        "data": {"object": {"id": "dp_e2e1", "object": "dispute", "amount": 45000,
+                            "currency": "usd", "reason": "fraudulent", "status": "needs_response",
+                            "charge": "ch_e2e1", "customer": "cus_e2e1", "created": now,
+                            "evidence_details": {"due_by": now + 5 * 86400}}},
+    }).encode()  # fmt: skip
+
+
+async def test_stripe_webhooks_become_alerts_once_and_bad_ones_are_refused(
+    local_slack: LocalSlack, tmp_path: Any
+) -> None:
+    """A signed dispute is answered 200 and posted to on-call with amount, reason and evidence
+    due date; its replay, a bad and a stale signature post nothing more (bad/stale → 400);
+    an event type we don't handle is answered 200 and ignored."""
+    async with serve_app(local_slack, f"sqlite+aiosqlite:///{tmp_path}/hooks.db",
+                         oncall_channel="C0ONCALL", stripe_webhook_secret=SECRET,
+                         scan_interval_minutes=0) as running:  # fmt: skip
+        body = _dispute("evt_e2e_1")
+        good = {"Stripe-Signature": sign_stripe(body, SECRET, timestamp=int(time.time()))}
+        first = await running.http.post("/webhooks/stripe", content=body, headers=good)
+        assert first.status_code == 200
+        await wait_until(lambda: bool(local_slack.calls_to("chat.postMessage")))
+        post = local_slack.calls_to("chat.postMessage")[0].args
+        text = json.dumps(post["blocks"])
+        assert post["channel"] == "C0ONCALL" and "$450.00" in text and "fraudulent" in text
+        assert "evidence due" in text
+
+        replay = await running.http.post("/webhooks/stripe", content=body, headers=good)
+        assert replay.status_code == 200 and replay.json().get("duplicate") is True
+        bad = await running.http.post("/webhooks/stripe", content=_dispute("evt_e2e_2"),
+                                      headers=good)  # fmt: skip
+        stale_body = _dispute("evt_e2e_3")
+        stale = {"Stripe-Signature": sign_stripe(stale_body, SECRET,
+                                                 timestamp=int(time.time()) - 400)}  # fmt: skip
+        old = await running.http.post("/webhooks/stripe", content=stale_body, headers=stale)
+        assert bad.status_code == 400 and old.status_code == 400
+        other = _dispute("evt_e2e_4", kind="customer.created")
+        ignored = await running.http.post(
+            "/webhooks/stripe", content=other,
+            headers={"Stripe-Signature": sign_stripe(other, SECRET, timestamp=int(time.time()))},
+        )  # fmt: skip
+        assert ignored.status_code == 200
+        await running.settle()
+        async with running.deps.database.uow() as uow:
+            assert await uow.webhooks.get("stripe", "evt_e2e_2") is None
+            assert await uow.webhooks.get("stripe", "evt_e2e_3") is None
+            ignored_event = await uow.webhooks.get("stripe", "evt_e2e_4")
+            alerts = await uow.alerts.listing(statuses=None, limit=10, now=datetime.now(UTC))
+        assert ignored_event is not None and ignored_event.processed_at is not None
+        assert len(alerts) == 1
+        assert len(local_slack.calls_to("chat.postMessage")) == 1
+        orb = await running.http.post("/webhooks/orb", content=b"{}")
+        assert orb.status_code == 404  # no ORB_WEBHOOK_SECRET: nothing can be verified
+
+
+def test_scan_cli_json_lines_exit_zero_and_no_progress_when_piped(tmp_path: Path) -> None:
+    """`scan --json` piped: every line is exactly the DESIGN §5 object, the summary is on
+    stderr without a progress bar, and the exit code is 0."""
+    done = _run("scan", "--json", cwd=tmp_path, DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/s.db")
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert lines and all(set(obj) == KEYS for obj in lines)
+    assert all(obj["severity"] in ("low", "medium", "high") for obj in lines)
+    assert "scanning ▕" not in done.stderr and "\r" not in done.stderr
+    assert "complete" in done.stderr
+
+
+def test_scan_cli_post_without_a_channel_is_a_configuration_error(tmp_path: Path) -> None:
+    """`scan --post` without ONCALL_CHANNEL says what is missing and exits 2."""
+    done = _run("scan", "--post", cwd=tmp_path, DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/s.db")
+    assert done.returncode == 2
+    assert "ONCALL_CHANNEL is required" in done.stderr
