@@ -187,3 +187,18 @@ def request_decided_at(request: ApprovalRequest, now: datetime) -> datetime | No
     if request.state.value == "pending":
         return None
     return request.decided_at or request.approved_at or now
+
+
+def alert_case(
+    alert_id: int | str, *, account_id: str | None, kind: str, at: datetime
+) -> CaseRecord:
+    """The case of a new anomaly alert (its feedback is recorded later on the same case)."""
+    return CaseRecord(
+        at=at,
+        source="alert",
+        kind="alert",
+        account_id=account_id,
+        alert_id=str(alert_id),
+        alert_kind=kind,
+        dedupe_key=f"alert:{alert_id}",
+    )
