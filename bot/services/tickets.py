@@ -199,13 +199,27 @@ class _Resolver:
             found.setdefault(label, (resolution, ident))
         return found, ambiguous, errors
 
-    def cancel(self) -> None:
-        """Stop lookups whose answer is no longer needed (and collect the finished ones)."""
+    def release(self) -> None:
+        """Let lookups whose answer is no longer needed finish on their own. They are not
+        cancelled: a lookup cancelled inside a database session (the links cache) can leave a
+        pooled connection in an unknown state. Their outcome is collected and dropped."""
         for task in self._tasks.values():
-            if not task.done():
-                task.cancel()
-            elif not task.cancelled():
-                task.exception()  # retrieved: an unneeded "not found" is not an error
+            if task.done():
+                _collect(task)
+            else:
+                _DETACHED.add(task)
+                task.add_done_callback(_collect)
+
+
+#: Lookups still running after their triage ended (held so they are not garbage collected).
+_DETACHED: set[asyncio.Task[Resolution]] = set()
+
+
+def _collect(task: asyncio.Task[Resolution]) -> None:
+    """Retrieve an unneeded lookup's outcome: its "not found" is not an error to report."""
+    _DETACHED.discard(task)
+    if not task.cancelled():
+        task.exception()
 
 
 def _label_of(ident: AccountIdentifier) -> str:
@@ -325,7 +339,7 @@ async def triage_ticket(
             if len(found) == 1:
                 label, (resolution, ident) = next(iter(found.items()))
                 matched_by = _matched_by(source, ident, field_id, organization)
-                resolver.cancel()
+                resolver.release()
                 return await _explain(
                     context=context,
                     resolution=resolution,
@@ -342,7 +356,7 @@ async def triage_ticket(
             raise errors[0]
         return TriageResult(context, "none", None, None, (), tuple(attempts))
     finally:
-        resolver.cancel()
+        resolver.release()
 
 
 def _matched_by(
