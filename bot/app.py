@@ -17,7 +17,8 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.deps import Deps
 from bot.domain.anomalies import DetectorConfig
 from bot.domain.approvals import ApprovalRules
-from bot.domain.ports import BillingProvider, ChartRenderer, LLMClient
+from bot.domain.ports import BillingProvider, ChartRenderer, LLMClient, TicketSource
+from bot.errors import ConfigError
 from bot.metrics import Metrics
 from bot.services.access import AccessService
 from bot.services.approvals import ApprovalService
@@ -47,12 +48,16 @@ def deps_of(app: AsyncApp) -> Deps:
 USAGE_DAYS = usage_days_needed(DetectorConfig())
 
 
-def build_providers(settings: Settings) -> tuple[dict[str, BillingProvider], bool]:
+def build_providers(
+    settings: Settings, world: object | None = None
+) -> tuple[dict[str, BillingProvider], bool]:
     """Real provider clients for the keys that are set, or the sandbox when none is."""
     if settings.use_sandbox:
         from integrations.sandbox.providers import sandbox_providers
+        from integrations.sandbox.world import SandboxWorld
 
-        return dict(sandbox_providers(usage_days=USAGE_DAYS)), True
+        sandbox_world = world if isinstance(world, SandboxWorld) else None
+        return dict(sandbox_providers(sandbox_world, usage_days=USAGE_DAYS)), True
     providers: dict[str, BillingProvider] = {}
     # Each provider is paced at its documented request rate unless *_RATE_LIMIT says otherwise.
     if settings.stripe_api_key is not None:
@@ -88,6 +93,40 @@ def build_providers(settings: Settings) -> tuple[dict[str, BillingProvider], boo
     return providers, False
 
 
+def build_tickets(settings: Settings, world: object | None = None) -> TicketSource | None:
+    """The Zendesk client when `ZENDESK_API_TOKEN` is set; the sandbox's Zendesk (tickets of
+    the sandbox stories) when the sandbox answers for the providers; else None."""
+    if settings.zendesk_enabled:
+        from integrations.zendesk import ZendeskTicketSource
+
+        base, token, email = (
+            settings.zendesk_base,
+            settings.zendesk_api_token,
+            settings.zendesk_email,
+        )
+        if base is None or token is None or email is None:
+            raise ConfigError(
+                "ZENDESK_API_TOKEN needs ZENDESK_EMAIL and ZENDESK_SUBDOMAIN (or ZENDESK_API_BASE)."
+            )
+        hosts = (f"{settings.zendesk_subdomain}.zendesk.com",) if settings.zendesk_subdomain else ()
+        return ZendeskTicketSource(base_url=base, email=email, token=token, hosts=hosts)
+    if settings.use_sandbox:
+        from integrations.sandbox.providers import sandbox_tickets
+        from integrations.sandbox.world import SandboxWorld
+
+        return sandbox_tickets(world if isinstance(world, SandboxWorld) else None)
+    return None
+
+
+def _sandbox_world(settings: Settings) -> object | None:
+    """One sandbox world shared by the sandbox providers and the sandbox's Zendesk."""
+    if not settings.use_sandbox:
+        return None
+    from integrations.sandbox.world import build_world
+
+    return build_world()
+
+
 def build_charts() -> ChartRenderer | None:
     """The chart renderer (matplotlib, headless); None when matplotlib is missing, so alerts
     fall back to their sparkline."""
@@ -119,13 +158,18 @@ def build_app(
     slack_client: AsyncWebClient | None = None,
     process_before_response: bool = True,
     sandbox: bool | None = None,
+    tickets: TicketSource | None = None,
     charts: ChartRenderer | None = None,
 ) -> AsyncApp:
-    """Build the Bolt app with real adapters unless a test passes fakes."""
+    """Build the Bolt app with real adapters unless a test passes fakes (`tickets`: a ticket
+    source; by default Zendesk when configured, the sandbox's with sandbox providers)."""
+    world = _sandbox_world(settings) if providers is None else None
     if providers is None:
-        providers, is_sandbox = build_providers(settings)
+        providers, is_sandbox = build_providers(settings, world)
     else:
         is_sandbox = bool(sandbox)
+    if tickets is None and (settings.zendesk_enabled or is_sandbox):
+        tickets = build_tickets(settings, world)
     if llm is None:
         llm = build_llm(settings)
     db = database or Database(settings.database_url)
@@ -177,6 +221,7 @@ def build_app(
         metrics=metrics,
         charts=charts or build_charts(),
         sandbox=is_sandbox,
+        tickets=tickets,
         access=access,
         approvals=approvals,
     )

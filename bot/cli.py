@@ -35,6 +35,22 @@ def _since(value: str) -> datetime:
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
+def _days(value: str) -> int:
+    from bot.services.report import MAX_DAYS, MIN_DAYS
+
+    try:
+        days = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a number of days; e.g. --days 30"
+        ) from None
+    if not MIN_DAYS <= days <= MAX_DAYS:
+        raise argparse.ArgumentTypeError(
+            f"must be between {MIN_DAYS} and {MAX_DAYS} days (got {days})"
+        )
+    return days
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="billing-triage",
@@ -53,6 +69,13 @@ def _parser() -> argparse.ArgumentParser:
     scan = sub.add_parser("scan", help="one anomaly scan over all accounts")
     scan.add_argument("--json", action="store_true", help="one JSON object per alert per line")
     scan.add_argument("--post", action="store_true", help="post new alerts to ONCALL_CHANNEL")
+    report = sub.add_parser("report", help="the recurring-issue report over stored cases")
+    report.add_argument(
+        "--days", type=_days, default=30, metavar="N", help="window in days (default 30)"
+    )
+    report_fmt = report.add_mutually_exclusive_group()
+    report_fmt.add_argument("--json", action="store_true", help="one JSON object (DESIGN §11)")
+    report_fmt.add_argument("--csv", action="store_true", help="CSV: ranked causes, then recurring")
     audit = sub.add_parser("audit", help="export the append-only audit trail for auditors")
     audit.add_argument(
         "--since", type=_since, default=None, metavar="DATE",
@@ -75,7 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"billing-triage: configuration error:\n{exc.message}", file=sys.stderr)
         return 2
-    quiet = args.command in ("ask", "shell", "scan", "audit") and settings.log_level == "INFO"
+    quiet = (
+        args.command in ("ask", "shell", "scan", "audit", "report") and settings.log_level == "INFO"
+    )
     configure("WARNING" if quiet else settings.log_level, settings.log_format)
     try:
         return asyncio.run(_run(args, settings))
@@ -124,6 +149,8 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         from bot.console.shell import run_ask
 
         return await run_ask(settings, " ".join(args.text), user_id=args.user)
+    if args.command == "report":
+        return await _report(args, settings)
     if args.command == "audit":
         return await _export_audit(settings, since=args.since, csv_out=args.csv, json_out=args.json)
     if args.command == "scan":
@@ -131,6 +158,30 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
 
         return await run_scan(settings, as_json=args.json, post=args.post)
     raise AssertionError(args.command)
+
+
+async def _report(args: argparse.Namespace, settings: Settings) -> int:
+    """`billing-triage report`: a table on a terminal, or JSON / CSV on stdout."""
+    import json
+
+    from bot.services.report import build_report, text_report
+    from bot.storage.db import Database
+    from bot.storage.migrate import upgrade
+
+    if settings.auto_migrate:
+        await upgrade(settings.database_url)
+    database = Database(settings.database_url)
+    try:
+        report = await build_report(database, days=args.days)
+    finally:
+        await database.dispose()
+    if args.json:
+        print(json.dumps(report.to_json()))
+    elif args.csv:
+        sys.stdout.write(report.to_csv())
+    else:
+        print(text_report(report))
+    return 0
 
 
 AUDIT_COLUMNS = ("id", "at", "actor", "action", "subject", "slack_request", "detail")

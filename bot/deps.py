@@ -8,7 +8,13 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from bot.domain.ports import BillingProvider, ChartRenderer, LLMClient, MessageDelivery
+from bot.domain.ports import (
+    BillingProvider,
+    ChartRenderer,
+    LLMClient,
+    MessageDelivery,
+    TicketSource,
+)
 from bot.domain.records import Store
 from bot.inflight import InFlight
 from bot.metrics import Metrics
@@ -65,6 +71,8 @@ class Deps:
     sandbox: bool = False
     #: Seconds the LLM may take before the deterministic wording is used.
     llm_deadline: float = 8.0
+    #: Zendesk (or the sandbox's Zendesk); None when tickets are not configured.
+    tickets: TicketSource | None = None
     #: VIEWERS, REQUESTERS and FINANCE_APPROVERS checks (user groups cached ≤ 60 s).
     access: AccessService = field(default_factory=lambda: AccessService(None))
     #: Refund and credit requests (None only in tests that build a bare container).
@@ -77,6 +85,11 @@ class Deps:
                 await provider.aclose()
             except Exception:  # a failing close must not block the others
                 log.exception("closing provider failed", extra={"provider": provider.name})
+        if self.tickets is not None:
+            try:
+                await self.tickets.aclose()
+            except Exception:
+                log.exception("closing the ticket source failed")
         close = getattr(self.llm, "aclose", None)
         if close is not None:
             await close()

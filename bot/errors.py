@@ -48,9 +48,14 @@ class AccountNotFound(UserError):
 
 
 class AmbiguousAccount(UserError):
-    """An email or ID that matches several customers."""
+    """An email or ID that matches several customers; `candidates` names them (account IDs, or
+    customer IDs where there is none)."""
 
     code = "ambiguous_account"
+
+    def __init__(self, message: str, *, candidates: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.candidates = candidates
 
 
 class NotImplementedYet(UserError):
@@ -112,6 +117,19 @@ class ProviderRequestError(ProviderError):
     """Other 4xx: the provider rejected our request."""
 
     code = "provider_request"
+
+
+class TicketNotFound(UserError):
+    """The ticketing system has no such ticket (or it was deleted)."""
+
+    code = "ticket_not_found"
+
+
+class TicketNoteUnknown(ProviderError):
+    """An internal note was sent but whether it was added is unknown (timeout, dropped
+    connection, 5xx): reconciled by reading the ticket's comments, never by posting again."""
+
+    code = "ticket_note_unknown"
 
 
 class LLMUnavailable(BotError):

@@ -9,7 +9,18 @@ from __future__ import annotations
 from slack_bolt.async_app import AsyncApp
 
 from bot.deps import Deps
-from handlers import access, alerts, approvals, commands, errors, explain, mentions, middleware
+from handlers import (
+    access,
+    alerts,
+    approvals,
+    commands,
+    errors,
+    explain,
+    mentions,
+    middleware,
+    report,
+    zendesk,
+)
 
 
 def register_all(app: AsyncApp, deps: Deps) -> None:
@@ -21,4 +32,6 @@ def register_all(app: AsyncApp, deps: Deps) -> None:
     explain.register(app, deps)
     alerts.register(app, deps)
     mentions.register(app, deps)
+    zendesk.register(app, deps)
+    report.register(app, deps)
     errors.register(app, deps)

@@ -13,7 +13,7 @@ from slack_bolt.async_app import AsyncApp, AsyncRespond
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.deps import Deps
-from bot.errors import BotError, ProviderError
+from bot.errors import BotError, ProviderAuthError, ProviderError
 from handlers import views
 
 log = logging.getLogger("handlers.errors")
@@ -21,6 +21,9 @@ log = logging.getLogger("handlers.errors")
 
 def reply_for(error: BaseException) -> tuple[views.Reply, str | None]:
     """The reply for `error`, and the reference when it was unknown."""
+    if isinstance(error, ProviderAuthError) and error.provider == "zendesk":
+        # A wrong token does not get better in a minute: say what to fix instead.
+        return views.error_reply(f"{error.message}."), None
     if isinstance(error, ProviderError):
         return views.error_reply(f"{error.message}. Try again in a minute."), None
     if isinstance(error, BotError):

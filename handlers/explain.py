@@ -13,6 +13,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.deps import Deps
 from bot.domain.commands import DraftCommand, ExplainCommand, parse_command
 from bot.errors import UsageError
+from bot.services.cases import causes_of, record_case
 from bot.services.explain import draft_reply, explain_account
 from handlers import views
 from handlers.errors import after_ack
@@ -37,7 +38,12 @@ def _draft_command_text(cmd: DraftCommand) -> str:
 
 
 async def explain_reply(
-    cmd: ExplainCommand, deps: Deps, *, command_text: str, progress: Progress | None = None
+    cmd: ExplainCommand,
+    deps: Deps,
+    *,
+    command_text: str,
+    progress: Progress | None = None,
+    source: str = "command",
 ) -> views.Reply:
     """Explain the account's latest (or given) invoice; the answer can be shared in channel."""
     if progress is not None:
@@ -51,6 +57,14 @@ async def explain_reply(
         deadline=_deadline(deps),
     )
     deps.metrics.inc("billing_triage_wording_total", kind="explain", source=result.wording.source)
+    await record_case(
+        deps.database,
+        source=source,
+        kind="explain",
+        account_id=result.snapshot.account.account_id,
+        findings=causes_of(result.explanation),
+        invoice_id=result.explanation.current.id,
+    )
     reply = explanation_view(result, sandbox=deps.sandbox)
     return views.Reply(
         text=reply.text,
@@ -61,7 +75,12 @@ async def explain_reply(
 
 
 async def draft_reply_for(
-    cmd: DraftCommand, deps: Deps, *, command_text: str, progress: Progress | None = None
+    cmd: DraftCommand,
+    deps: Deps,
+    *,
+    command_text: str,
+    progress: Progress | None = None,
+    source: str = "command",
 ) -> views.Reply:
     """A customer-ready reply for the engineer alone (never shareable), with a Regenerate button.
 
@@ -79,6 +98,14 @@ async def draft_reply_for(
         deadline=_deadline(deps),
     )
     deps.metrics.inc("billing_triage_wording_total", kind="draft", source=result.wording.source)
+    await record_case(
+        deps.database,
+        source=source,
+        kind="draft",
+        account_id=result.snapshot.account.account_id,
+        findings=causes_of(result.explanation),
+        invoice_id=result.explanation.current.id,
+    )
     return draft_view(
         result, regenerate=views.command_value(_draft_command_text(cmd)), sandbox=deps.sandbox
     )
@@ -103,7 +130,7 @@ def register(app: AsyncApp, deps: Deps) -> None:
             cmd = parse_command(text)
             if not isinstance(cmd, DraftCommand):
                 raise UsageError("This button no longer works; run `/billing draft ACCOUNT` again.")
-            reply = await draft_reply_for(cmd, deps, command_text=text)
+            reply = await draft_reply_for(cmd, deps, command_text=text, source="button")
             await respond(
                 text=reply.text,
                 blocks=reply.render_blocks(with_share=False),

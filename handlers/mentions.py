@@ -8,7 +8,13 @@ from slack_bolt.async_app import AsyncApp, AsyncSay
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.deps import Deps
-from bot.domain.commands import CreditCommand, DraftCommand, RefundCommand, parse_mention
+from bot.domain.commands import (
+    CreditCommand,
+    DraftCommand,
+    RefundCommand,
+    TicketCommand,
+    parse_mention,
+)
 from handlers.access import slack_request_id
 from handlers.caller import Caller
 from handlers.dispatch import answer, quick_answer
@@ -36,8 +42,9 @@ def register(app: AsyncApp, deps: Deps) -> None:
             reply = quick_answer(cmd, deps) or await answer(
                 cmd, deps, command_text=event.get("text") or "", caller=caller
             )
-            if isinstance(cmd, (DraftCommand, RefundCommand, CreditCommand)):
-                # A draft or a request confirmation is for the asker only, even in a channel.
+            if isinstance(cmd, (DraftCommand, RefundCommand, CreditCommand, TicketCommand)):
+                # A draft (a ticket triage holds one too) or a request confirmation is for the
+                # asker only, even in a channel.
                 await client.chat_postEphemeral(
                     channel=event["channel"],
                     user=event["user"],

@@ -115,6 +115,10 @@ def help_reply(command: str, topic: str | None = None) -> Reply:
         "their measured precision.",
         f"*`{c} history ACCOUNT`* or *`{c} history REQUEST_ID`* — refund and credit requests "
         "and their audit trail.",
+        f"*`{c} ticket TICKET`* — a Zendesk ticket triaged: its account, billing state, the "
+        "explanation and a draft you can post as an internal note.",
+        f"*`{c} report [7d|30d|90d]`* — the recurring-issue report: causes ranked, repeats, "
+        "refunds and alerts.",
     ]
     examples = [
         f"`{c} jane@acme.com`",
@@ -122,6 +126,8 @@ def help_reply(command: str, topic: str | None = None) -> Reply:
         f"`{c} explain acct_northwind`",
         f"`{c} draft acct_northwind customer says they were charged twice`",
         f"`{c} refund jane@acme.com $25 ch_3MmlLrLkdIwHu7ix0snN0B15 duplicate charge`",
+        f"`{c} ticket 1001`",
+        f"`{c} report 7d`",
     ]
     account_kinds = (
         "ACCOUNT is an email, a Stripe customer ID (`cus_…`), our account ID, or an Orb or "
@@ -133,7 +139,7 @@ def help_reply(command: str, topic: str | None = None) -> Reply:
         section("*Examples*\n" + "\n".join(examples)),
         context(account_kinds),
     ]
-    subs = "status | explain | draft | refund | credit | alerts | history"
+    subs = "status | explain | draft | refund | credit | alerts | history | ticket | report"
     text = f"Billing Triage: {c} ACCOUNT | {subs}"
     return Reply(text=text, blocks=blocks)
 

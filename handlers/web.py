@@ -12,6 +12,7 @@ from slack_bolt.app.async_server import AsyncSlackAppServer
 from slack_bolt.async_app import AsyncApp
 
 from bot.deps import Deps
+from handlers import zendesk_webhook
 from handlers.webhooks import add_webhook_routes
 
 log = logging.getLogger("handlers.web")
@@ -56,5 +57,6 @@ def build_web_app(app: AsyncApp, deps: Deps) -> web.Application:
     web_app.router.add_post(SLACK_PATH, bolt_server.handle_post_requests)
     web_app.router.add_get("/healthz", healthz)
     web_app.router.add_get("/metrics", metrics)
+    zendesk_webhook.add_routes(web_app, deps)
     add_webhook_routes(web_app, deps)
     return web_app

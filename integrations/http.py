@@ -655,6 +655,9 @@ class ProviderHttp:
         return ProviderUnavailable(self.provider, f"{self._label()} is unavailable", status=status)
 
     def _label(self) -> str:
-        return {"stripe": "Stripe", "orb": "Orb", "metronome": "Metronome"}.get(
-            self.provider, self.provider
-        )
+        return {
+            "stripe": "Stripe",
+            "orb": "Orb",
+            "metronome": "Metronome",
+            "zendesk": "Zendesk",
+        }.get(self.provider, self.provider)

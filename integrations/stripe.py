@@ -385,6 +385,12 @@ class StripeBillingProvider:
         elif kind is IdentifierKind.ACCOUNT_ID:
             key = _search_literal(self._metadata_key)
             found = await self._search(f"metadata[{key}]:{_search_literal(value)}")
+        elif kind is IdentifierKind.STRIPE_INVOICE and value.startswith("in_"):
+            found = await self._customer_of(f"v1/invoices/{quote(value, safe='')}")
+        elif kind is IdentifierKind.STRIPE_CHARGE and value.startswith("ch_"):
+            found = await self._customer_of(f"v1/charges/{quote(value, safe='')}")
+        elif kind is IdentifierKind.INVOICE_NUMBER:
+            found = await self._customers_by_invoice_number(value)
         else:
             return []
         try:
@@ -436,6 +442,36 @@ class StripeBillingProvider:
             return [await self._get(f"v1/customers/{quote(customer_id, safe='')}")]
         except ProviderNotFound:
             return []
+
+    async def _customer_of(self, path: str) -> list[JSON]:
+        """The customer an invoice or charge belongs to (expanded in the same request)."""
+        try:
+            obj = await self._get(path, [("expand[]", "customer")])
+        except ProviderNotFound:
+            return []
+        customer = obj.get("customer")
+        if isinstance(customer, dict):
+            return [customer]
+        if isinstance(customer, str) and customer:
+            return await self._customer_by_id(customer)
+        return []
+
+    async def _customers_by_invoice_number(self, number: str) -> list[JSON]:
+        """The customers of invoices printed with `number` (invoice search, customer expanded)."""
+        page = await self._get(
+            "v1/invoices/search",
+            [("query", f"number:{_search_literal(number)}"), ("limit", "10"),
+             ("expand[]", "data.customer")],
+        )  # fmt: skip
+        found: dict[str, JSON] = {}
+        for invoice in _list_data(page):
+            customer = invoice.get("customer")
+            if isinstance(customer, dict) and customer.get("id"):
+                found.setdefault(str(customer["id"]), customer)
+            elif isinstance(customer, str) and customer not in found:
+                for raw in await self._customer_by_id(customer):
+                    found.setdefault(str(raw["id"]), raw)
+        return list(found.values())
 
     async def _customers_by_email(self, email: str) -> list[JSON]:
         # The list filter is exact and case-sensitive (and strongly consistent): try the address

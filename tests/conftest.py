@@ -14,6 +14,7 @@ pytest_plugins = [
     "tests.support.app",
     "tests.support.providers",
     "tests.support.fake_openai",
+    "tests.support.zendesk",
 ]
 
 _PREFIXES = (

@@ -21,6 +21,7 @@ from bot.domain.identifiers import (
     strip_markup,
 )
 from bot.domain.money import AmountInput, currency_word, parse_amount_input
+from bot.domain.tickets import TICKET_USAGE, looks_like_ticket_ref
 from bot.errors import InvalidAmount, InvalidIdentifier, UsageError
 
 PAYMENT_ID_RE = re.compile(r"^(ch|pi|in|py)_[A-Za-z0-9]{1,250}$")
@@ -111,6 +112,25 @@ class HistoryCommand:
     request_id: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class TicketCommand:
+    """`/billing ticket TICKET`: the reference as typed (checked against the Zendesk host later,
+    before any request)."""
+
+    ref: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReportCommand:
+    """`/billing report [7d|30d|90d]`."""
+
+    days: int = 30
+
+
+#: `/billing report` windows, in days.
+REPORT_WINDOWS = {"7d": 7, "30d": 30, "90d": 90}
+
+
 Command = (
     HelpCommand
     | StatusCommand
@@ -120,9 +140,22 @@ Command = (
     | CreditCommand
     | AlertsCommand
     | HistoryCommand
+    | TicketCommand
+    | ReportCommand
 )
 
-SUBCOMMANDS = ("help", "status", "explain", "draft", "refund", "credit", "alerts", "history")
+SUBCOMMANDS = (
+    "help",
+    "status",
+    "explain",
+    "draft",
+    "refund",
+    "credit",
+    "alerts",
+    "history",
+    "ticket",
+    "report",
+)
 
 USAGE = {
     "status": "`/billing status ACCOUNT` (or just `/billing ACCOUNT`)",
@@ -132,6 +165,8 @@ USAGE = {
     "credit": "`/billing credit ACCOUNT AMOUNT REASON…`",
     "alerts": "`/billing alerts [open|all|stats]`",
     "history": "`/billing history ACCOUNT` or `/billing history REQUEST_ID`",
+    "ticket": "`/billing ticket TICKET` (a number, `#123`, or the ticket's link)",
+    "report": "`/billing report [7d|30d|90d]`",
 }
 
 
@@ -199,6 +234,14 @@ def parse_command(text: str) -> Command:
         if REQUEST_ID_RE.match(rest[0]):
             return HistoryCommand(request_id=rest[0].upper().replace("_", "-"))
         return HistoryCommand(account=classify_account(rest[0]))
+    if head == "ticket":
+        if len(rest) != 1:
+            raise _usage("ticket", "`ticket` takes one ticket.")
+        if not looks_like_ticket_ref(rest[0]):
+            raise InvalidIdentifier(f"`{rest[0][:80]}` is not a ticket. {TICKET_USAGE}")
+        return TicketCommand(rest[0])
+    if head == "report":
+        return _parse_report(rest)
     if len(tokens) == 1:
         try:
             return StatusCommand(classify_account(tokens[0]))
@@ -210,6 +253,17 @@ def parse_command(text: str) -> Command:
         f"Unknown subcommand `{tokens[0]}`. Subcommands: {', '.join(SUBCOMMANDS)}. "
         "Try `/billing help`."
     )
+
+
+def _parse_report(rest: list[str]) -> ReportCommand:
+    if not rest:
+        return ReportCommand()
+    window = rest[0].lower()
+    if len(rest) > 1 or window not in REPORT_WINDOWS:
+        raise _usage(
+            "report", f"`{' '.join(rest)[:40]}` is not a report window; use `7d`, `30d` or `90d`."
+        )
+    return ReportCommand(REPORT_WINDOWS[window])
 
 
 def _parse_refund(rest: list[str]) -> RefundCommand:
@@ -284,6 +338,22 @@ def _find_identifier(words: list[str]) -> AccountIdentifier | None:
     return None
 
 
+_TICKET_WORD_RE = re.compile(r"^tickets?$", re.IGNORECASE)
+
+
+def _find_ticket(words: list[str]) -> str | None:
+    """A ticket named in a sentence: `ticket 123`, `ticket #123`, or a Zendesk ticket link."""
+    cleaned = [w.strip(".,;:!?()[]{}\"'`") for w in words]
+    for index, word in enumerate(cleaned):
+        if word.startswith(("http://", "https://")) and looks_like_ticket_ref(word):
+            return word
+        if _TICKET_WORD_RE.match(word) and index + 1 < len(cleaned):
+            nxt = cleaned[index + 1]
+            if looks_like_ticket_ref(nxt):
+                return nxt
+    return None
+
+
 def parse_mention(text: str, *, bot_user_id: str | None = None) -> Command:
     """Parse an `@Billing Triage …` mention: a command when it starts with a subcommand,
     otherwise the account identifier and the intent (explain / draft / status) found in the text."""
@@ -298,6 +368,9 @@ def parse_mention(text: str, *, bot_user_id: str | None = None) -> Command:
                 return DraftCommand(later, _reason([plain], limit=MAX_NOTES))
             return ExplainCommand(later) if head == "explain" else StatusCommand(later)
         return parse_command(plain)
+    ticket = _find_ticket(words)
+    if ticket is not None:
+        return TicketCommand(ticket)
     account = _find_identifier(words)
     if account is None:
         if len(words) == 1:

@@ -18,6 +18,11 @@ class IdentifierKind(enum.StrEnum):
     ACCOUNT_ID = "account_id"  # ours: Orb external_customer_id, Stripe metadata, Metronome alias
     ORB_CUSTOMER = "orb_customer"
     METRONOME_CUSTOMER = "metronome_customer"  # UUID
+    # Objects that name their customer (found in ticket text, DESIGN §10): the provider that owns
+    # the object answers with its customer; the others answer [].
+    STRIPE_INVOICE = "stripe_invoice"  # in_…
+    STRIPE_CHARGE = "stripe_charge"  # ch_…
+    INVOICE_NUMBER = "invoice_number"  # as printed on the invoice, e.g. `B02734D1-0017`
 
 
 @dataclass(frozen=True, slots=True)

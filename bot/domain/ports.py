@@ -16,6 +16,13 @@ from bot.domain.models import (
 )
 from bot.domain.money import Money
 from bot.domain.records import DigestRenderer, MessageRenderer
+from bot.domain.tickets import (
+    NoteWritten,
+    Ticket,
+    TicketComment,
+    TicketOrganization,
+    TicketUser,
+)
 
 
 class BillingProvider(Protocol):
@@ -201,4 +208,49 @@ class GroupDirectory(Protocol):
 
     async def members(self, group_id: str) -> frozenset[str]:
         """The user IDs in `group_id`; raises on any failure (callers fail closed)."""
+        ...
+
+
+class TicketSource(Protocol):
+    """Read access to a ticketing system (Zendesk, or the sandbox's Zendesk), and the one write
+    it allows: an internal note. Raises `TicketNotFound` for a missing ticket and `ProviderError`s
+    (provider `zendesk`) for faults."""
+
+    #: Hosts whose ticket links name this instance's tickets (`acme.zendesk.com`).
+    hosts: tuple[str, ...]
+    #: The field holding our account ID when `ZENDESK_ACCOUNT_FIELD` is not set (the sandbox's).
+    account_field: str | None
+
+    def agent_url(self, ticket_id: int) -> str:
+        """The ticket's page in the agent UI."""
+        ...
+
+    async def ticket(self, ticket_id: int) -> Ticket:
+        """The ticket."""
+        ...
+
+    async def comments(self, ticket_id: int) -> list[TicketComment]:
+        """Every comment of the ticket, oldest first (all pages)."""
+        ...
+
+    async def user(self, user_id: int) -> TicketUser | None:
+        """A user, or None when it does not exist (deleted)."""
+        ...
+
+    async def organization(self, organization_id: int) -> TicketOrganization | None:
+        """An organization, or None when it does not exist."""
+        ...
+
+    async def search_tickets(self, query: str, *, limit: int = 25) -> list[Ticket]:
+        """Tickets matching a Zendesk search query (`requester:jane@acme.com status<solved`)."""
+        ...
+
+    async def add_internal_note(self, ticket_id: int, body: str) -> NoteWritten:
+        """Add `body` as a private comment and change nothing else. Never retried: raises
+        `TicketNoteUnknown` when the outcome cannot be known (timeout, dropped connection, 5xx),
+        and other `ProviderError`s when the note was certainly not added."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
         ...

@@ -280,6 +280,21 @@ class UnitOfWork(Protocol):
         ...
 
     @property
+    def cases(self) -> Cases:
+        """The case log (DESIGN §11)."""
+        ...
+
+    @property
+    def ticket_notes(self) -> TicketNotes:
+        """Internal notes drafted for tickets and their posting state (DESIGN §10.2)."""
+        ...
+
+    @property
+    def requests(self) -> ApprovalRequests:
+        """Refund and credit requests and their approvals."""
+        ...
+
+    @property
     def alerts(self) -> Alerts:
         """Anomaly alerts, feedback and suppressions."""
         ...
@@ -292,11 +307,6 @@ class UnitOfWork(Protocol):
     @property
     def webhooks(self) -> Webhooks:
         """Received provider webhooks."""
-        ...
-
-    @property
-    def requests(self) -> ApprovalRequests:
-        """Refund and credit requests and their approvals."""
         ...
 
     async def commit(self) -> None:
@@ -344,6 +354,212 @@ class Store(Protocol):
 
     async def dispose(self) -> None:
         """Close every pooled connection."""
+        ...
+
+
+# --- cases (DESIGN §11) and Zendesk notes (§10.2) ------------------------------------------------
+
+#: Where a case came from.
+CaseSource = Literal["command", "mention", "ticket", "alert", "button"]
+#: What the bot did.
+CaseKind = Literal["status", "explain", "draft", "ticket", "refund", "credit", "alert"]
+
+
+@dataclass(frozen=True, slots=True)
+class CaseCause:
+    """One root cause of a case: a finding kind (or an alert kind) and the money involved
+    (absolute, in major units of `currency`)."""
+
+    cause: str
+    amount: Decimal
+    currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class CaseRecord:
+    """One piece of triage: which account, when, from where, about which ticket or invoice, its
+    top causes with their amounts, and any refund/credit request or alert it is about.
+
+    Holds IDs, kinds and amounts only; the one free text is a request's short `reason`.
+    `dedupe_key`: recording the same key twice stores one case (Slack retries, repeated looks).
+    """
+
+    at: datetime
+    source: str
+    kind: str
+    account_id: str | None
+    causes: tuple[CaseCause, ...] = ()
+    ticket_id: str | None = None
+    invoice_id: str | None = None
+    request_id: str | None = None
+    request_kind: str | None = None
+    request_reason: str | None = None
+    request_status: str | None = None
+    request_amount: Decimal | None = None
+    request_currency: str | None = None
+    decided_at: datetime | None = None
+    alert_id: str | None = None
+    alert_kind: str | None = None
+    alert_feedback: str | None = None
+    dedupe_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CauseTally:
+    """Cases of one cause (in one currency) in a window."""
+
+    cause: str
+    currency: str
+    cases: int
+    accounts: int
+    amount: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class RecurringTally:
+    """The same cause on the same account, on `cases` distinct invoices or tickets."""
+
+    account_id: str
+    cause: str
+    cases: int
+    examples: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RequestCase:
+    """A refund or credit request as its case recorded it."""
+
+    request_id: str
+    kind: str
+    reason: str | None
+    status: str | None
+    amount: Decimal | None
+    currency: str | None
+    created_at: datetime
+    decided_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class AlertTally:
+    """Alerts of one kind: how many, and how many were judged useful / judged at all."""
+
+    kind: str
+    alerts: int
+    useful: int
+    judged: int
+
+
+class Cases(Protocol):
+    """The case log and the aggregates the recurring-issue report is computed from."""
+
+    async def record(self, case: CaseRecord) -> int | None:
+        """Store `case`; its ID, or None when its `dedupe_key` was stored before."""
+        ...
+
+    async def update_request(
+        self, request_id: str, *, status: str, decided_at: datetime | None = None,
+        amount: Decimal | None = None,
+    ) -> int:  # fmt: skip
+        """Record a request's outcome on its case; the number of cases updated."""
+        ...
+
+    async def update_alert(self, alert_id: str, *, feedback: str) -> int:
+        """Record the feedback on an alert's case; the number of cases updated."""
+        ...
+
+    async def count(self, since: datetime, until: datetime) -> int:
+        """Cases recorded in `[since, until)`."""
+        ...
+
+    async def causes(self, since: datetime, until: datetime) -> list[CauseTally]:
+        """Cases, accounts and money per cause and currency in `[since, until)`."""
+        ...
+
+    async def recurring(
+        self, since: datetime, until: datetime, *, min_cases: int = 2, limit: int = 50
+    ) -> list[RecurringTally]:
+        """(account, cause) pairs seen on `min_cases`+ distinct invoices or tickets, most first."""
+        ...
+
+    async def top_accounts(
+        self, cause: str, since: datetime, until: datetime, *, limit: int = 3
+    ) -> list[str]:
+        """The accounts with the most cases of `cause` in the window."""
+        ...
+
+    async def requests(self, since: datetime, until: datetime) -> list[RequestCase]:
+        """Refund and credit requests recorded in the window."""
+        ...
+
+    async def alerts(self, since: datetime, until: datetime) -> list[AlertTally]:
+        """Alerts per kind in the window, with their feedback."""
+        ...
+
+
+#: States of an internal note: `pending` (drafted, not posted), `posting` (one replica is
+#: sending it), `posted`, `unknown` (sent, outcome not known: reconciled by reading the ticket).
+NoteState = Literal["pending", "posting", "posted", "unknown"]
+
+
+@dataclass(frozen=True, slots=True)
+class TicketNote:
+    """A draft that may be posted to a ticket as an internal note, exactly once."""
+
+    ticket_id: int
+    draft_id: str
+    state: str
+    body: str
+    created_at: datetime
+    updated_at: datetime
+    account_id: str | None = None
+    created_by: str | None = None
+    posted_by: str | None = None
+    claimed_by: str | None = None
+    claimed_at: datetime | None = None
+    posted_at: datetime | None = None
+    comment_id: int | None = None
+    last_error: str | None = None
+
+
+class TicketNotes(Protocol):
+    """The notes' state machine; every transition is one conditional UPDATE."""
+
+    async def create(self, note: TicketNote) -> bool:
+        """Store a `pending` note; False when (ticket, draft) exists already."""
+        ...
+
+    async def get(self, ticket_id: int, draft_id: str) -> TicketNote | None:
+        """The note, if it exists."""
+        ...
+
+    async def claim(
+        self, ticket_id: int, draft_id: str, *, holder: str, user: str, now: datetime
+    ) -> bool:
+        """`pending → posting` for `holder`; True for exactly one of any number of callers."""
+        ...
+
+    async def mark_posted(
+        self, ticket_id: int, draft_id: str, *, comment_id: int | None, now: datetime
+    ) -> bool:
+        """`posting | unknown → posted`."""
+        ...
+
+    async def mark_unknown(
+        self, ticket_id: int, draft_id: str, *, holder: str | None, error: str, now: datetime,
+        stale_before: datetime | None = None,
+    ) -> bool:  # fmt: skip
+        """`posting → unknown` (by its holder, or anyone once claimed before `stale_before`)."""
+        ...
+
+    async def release(
+        self, ticket_id: int, draft_id: str, *, from_state: str, error: str, now: datetime,
+        holder: str | None = None, claimed_before: datetime | None = None,
+    ) -> bool:  # fmt: skip
+        """`from_state → pending`: the note certainly did not reach the ticket."""
+        ...
+
+    async def unsettled(self, *, limit: int = 50) -> list[TicketNote]:
+        """Notes `unknown` or `posting`, oldest first (for the reconciler)."""
         ...
 
 

@@ -41,6 +41,7 @@ from bot.domain.records import (
     SuppressionRecord,
     UnitOfWork,
 )
+from bot.services.cases import alert_case
 
 log = logging.getLogger("bot.alerts")
 
@@ -179,6 +180,10 @@ async def record_anomaly(
     if new_id is not None:
         alert = await uow.alerts.get(new_id)
         assert alert is not None
+        # Every alert is a case (DESIGN §11), stored with it.
+        await uow.cases.record(
+            alert_case(new_id, account_id=anomaly.account_id, kind=anomaly.kind.value, at=now)
+        )
         told = await _notify(uow, alert, channel=channel, now=now, why="post") if channel else None
         return Recorded(new_id, True, told)
     found = await uow.alerts.find(anomaly.account_id, anomaly.kind.value, anomaly.period)
@@ -256,6 +261,7 @@ async def apply_feedback(
     until = now + SNOOZE if action == "snooze" else None
     await uow.alerts.set_status(alert_id, status, user_id=user_id, now=now, snoozed_until=until)  # type: ignore[arg-type]
     await uow.alerts.add_feedback(alert_id, action, user_id=user_id, now=now)
+    await uow.cases.update_alert(str(alert_id), feedback=status)
     if action == "not_anomaly":
         await uow.alerts.add_suppression(
             SuppressionRecord(

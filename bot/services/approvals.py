@@ -68,6 +68,7 @@ from bot.errors import (
     UserError,
 )
 from bot.services.access import AccessService
+from bot.services.cases import request_case, request_decided_at
 from bot.services.lookup import LookupService, Resolution
 
 log = logging.getLogger("bot.approvals")
@@ -274,6 +275,9 @@ class ApprovalService:
         now: datetime,
         **detail: Any,
     ) -> None:
+        await uow.cases.update_request(
+            request.id, status=request.state.value, decided_at=request_decided_at(request, now)
+        )
         await self._audit(
             uow,
             actor,
@@ -641,6 +645,8 @@ class ApprovalService:
         origin: str,
     ) -> ApprovalRequest:
         await uow.requests.add(request)
+        # The request's case (DESIGN §11) is stored with it: one exists iff the other does.
+        await uow.cases.record(request_case(request, origin=origin))
         await self._audit(
             uow,
             actor,

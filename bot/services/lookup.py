@@ -422,7 +422,7 @@ def _settle(
     account_ids = {r.account_id for recs in found.values() for r in recs if r.account_id}
     per_provider_multi = any(len(recs) > 1 for recs in found.values())
     if len(account_ids) > 1 or (not account_ids and per_provider_multi):
-        raise AmbiguousAccount(_ambiguous_message(ident, found))
+        raise AmbiguousAccount(_ambiguous_message(ident, found), candidates=_candidates(found))
     account_id = next(iter(account_ids)) if account_ids else None
     customers = {name: _pick(recs, account_id) for name, recs in found.items()}
     if ident.primary is not IdentifierKind.EMAIL or len(customers) < 2:
@@ -432,8 +432,15 @@ def _settle(
         return account_id, customers, ()  # every provider's customer carries the account ID
     names = {_name_key(c.name) for c in customers.values() if c.name and _name_key(c.name)}
     if len(names) > 1:
-        raise AmbiguousAccount(_ambiguous_message(ident, found, by_email=True))
+        raise AmbiguousAccount(
+            _ambiguous_message(ident, found, by_email=True), candidates=_candidates(found)
+        )
     return account_id, customers, without if account_id is not None else tuple(customers)
+
+
+def _candidates(found: Mapping[str, list[CustomerRecord]]) -> tuple[str, ...]:
+    labels = [r.account_id or r.customer_id for recs in found.values() for r in recs]
+    return tuple(dict.fromkeys(labels))
 
 
 def _not_found_message(ident: AccountIdentifier, failures: Mapping[str, str]) -> str:

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Index,
     MetaData,
     String,
+    Text,
     TypeDecorator,
     UniqueConstraint,
 )
@@ -163,6 +164,88 @@ class LeaseRow(Base):
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     holder: Mapped[str] = mapped_column(String(64))
     expires_at: Mapped[datetime]
+
+
+class CaseRow(Base):
+    """A case: one piece of triage (DESIGN §11). IDs, kinds and amounts; no customer text."""
+
+    __tablename__ = "cases"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime]
+    source: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(16))
+    account_id: Mapped[str | None] = mapped_column(String(255))
+    ticket_id: Mapped[str | None] = mapped_column(String(32))
+    invoice_id: Mapped[str | None] = mapped_column(String(255))
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    request_kind: Mapped[str | None] = mapped_column(String(16))
+    request_reason: Mapped[str | None] = mapped_column(String(200))
+    request_status: Mapped[str | None] = mapped_column(String(16))
+    request_amount_minor: Mapped[int | None] = mapped_column(BigInteger)
+    request_currency: Mapped[str | None] = mapped_column(String(8))
+    decided_at: Mapped[datetime | None]
+    alert_id: Mapped[str | None] = mapped_column(String(128))
+    alert_kind: Mapped[str | None] = mapped_column(String(32))
+    alert_feedback: Mapped[str | None] = mapped_column(String(32))
+    dedupe_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+
+    __table_args__ = (
+        Index("ix_cases_created_at", "created_at"),
+        Index("ix_cases_kind_created_at", "kind", "created_at"),
+        Index("ix_cases_request_id", "request_id"),
+        Index("ix_cases_alert_id", "alert_id"),
+    )
+
+
+class CaseCauseRow(Base):
+    """One cause of a case; time and account are copied from the case so that the report's
+    aggregates read one table through its indexes."""
+
+    __tablename__ = "case_causes"
+
+    case_id: Mapped[int] = mapped_column(
+        ForeignKey("cases.id", ondelete="CASCADE"), primary_key=True
+    )
+    cause: Mapped[str] = mapped_column(String(64), primary_key=True)
+    currency: Mapped[str] = mapped_column(String(8), primary_key=True)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    account_id: Mapped[str | None] = mapped_column(String(255))
+    #: What the case was about (an invoice, else the ticket, else the case): recurrence counts
+    #: distinct subjects, so looking at one invoice twice is not a recurrence.
+    subject: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime]
+
+    __table_args__ = (
+        Index(
+            "ix_case_causes_window", "created_at", "cause", "currency", "account_id",
+            "amount_minor",
+        ),
+        Index("ix_case_causes_account", "account_id", "cause", "created_at", "subject"),
+    )  # fmt: skip
+
+
+class TicketNoteRow(Base):
+    """A draft for a ticket and whether it was posted as an internal note (exactly once)."""
+
+    __tablename__ = "ticket_notes"
+
+    ticket_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    draft_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    body: Mapped[str] = mapped_column(Text)
+    account_id: Mapped[str | None] = mapped_column(String(255))
+    created_by: Mapped[str | None] = mapped_column(String(32))
+    posted_by: Mapped[str | None] = mapped_column(String(32))
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_at: Mapped[datetime | None]
+    posted_at: Mapped[datetime | None]
+    comment_id: Mapped[int | None] = mapped_column(BigInteger)
+    last_error: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    __table_args__ = (Index("ix_ticket_notes_state", "state", "updated_at"),)
 
 
 class AlertRow(Base):

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.domain.records import AccountLink, AuditEvent
 from bot.storage.alerts import SqlAlerts, SqlScans, SqlWebhooks
 from bot.storage.approvals import SqlApprovalRequests
+from bot.storage.cases import SqlCases, SqlTicketNotes
 from bot.storage.outbox import SqlLeases, SqlOutbox
 from bot.storage.sql import dialect_insert, rowcount
 from bot.storage.tables import AccountLinkRow, AuditEventRow, ProcessedEvent
@@ -179,10 +180,12 @@ class SqlUnitOfWork:
         self._links: SqlAccountLinks | None = None
         self._outbox: SqlOutbox | None = None
         self._leases: SqlLeases | None = None
+        self._cases: SqlCases | None = None
+        self._ticket_notes: SqlTicketNotes | None = None
+        self._requests: SqlApprovalRequests | None = None
         self._alerts: SqlAlerts | None = None
         self._scans: SqlScans | None = None
         self._webhooks: SqlWebhooks | None = None
-        self._requests: SqlApprovalRequests | None = None
 
     @property
     def session(self) -> AsyncSession:
@@ -227,6 +230,27 @@ class SqlUnitOfWork:
         return self._leases
 
     @property
+    def cases(self) -> SqlCases:
+        """The case log (DESIGN §11)."""
+        if self._cases is None:
+            self._cases = SqlCases(self.session)
+        return self._cases
+
+    @property
+    def ticket_notes(self) -> SqlTicketNotes:
+        """Internal notes drafted for tickets and their posting state."""
+        if self._ticket_notes is None:
+            self._ticket_notes = SqlTicketNotes(self.session)
+        return self._ticket_notes
+
+    @property
+    def requests(self) -> SqlApprovalRequests:
+        """Refund and credit requests and their approvals."""
+        if self._requests is None:
+            self._requests = SqlApprovalRequests(self.session)
+        return self._requests
+
+    @property
     def alerts(self) -> SqlAlerts:
         """Anomaly alerts, feedback and suppressions."""
         if self._alerts is None:
@@ -246,13 +270,6 @@ class SqlUnitOfWork:
         if self._webhooks is None:
             self._webhooks = SqlWebhooks(self.session)
         return self._webhooks
-
-    @property
-    def requests(self) -> SqlApprovalRequests:
-        """Refund and credit requests and their approvals."""
-        if self._requests is None:
-            self._requests = SqlApprovalRequests(self.session)
-        return self._requests
 
     async def commit(self) -> None:
         """Make everything done in this unit of work durable."""
@@ -285,5 +302,7 @@ class SqlUnitOfWork:
             self._events = self._audit = self._links = None
             self._outbox = None
             self._leases = None
-            self._alerts = self._scans = self._webhooks = None
+            self._cases = None
+            self._ticket_notes = None
             self._requests = None
+            self._alerts = self._scans = self._webhooks = None

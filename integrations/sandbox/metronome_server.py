@@ -260,6 +260,7 @@ class MetronomeSandboxServer:
         self._world = world
         self._api_key = api_key
         self._usage_page_size = max(1, usage_page_size)
+        self._ids: dict[str, str] | None = None
         #: Seconds a write waits after claiming its keys, before it applies.
         self.write_delay = write_delay
         #: Catalogue products any customer's credit may use: product ID -> name.
@@ -274,7 +275,6 @@ class MetronomeSandboxServer:
         #: The write overlay: customer-level credits made here, per customer ID.
         self._credits: dict[str, list[dict[str, Any]]] = {}
         self._mint_seq = 0
-        self._ids: dict[str, str] | None = None
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = [
             ("GET", re.compile(r"^/v1/customers/?$"), self._list_customers),
             ("GET", re.compile(r"^/v1/customers/(?P<customer_id>[^/]+)$"), self._get_customer),

@@ -16,7 +16,15 @@ from integrations.sandbox.orb_server import OrbSandboxServer
 from integrations.sandbox.stripe_server import StripeSandboxServer
 from integrations.sandbox.wire import RouterTransport
 from integrations.sandbox.world import SandboxWorld, build_world
+from integrations.sandbox.zendesk_server import (
+    SANDBOX_ACCOUNT_FIELD,
+    SANDBOX_ZENDESK_BASE,
+    SANDBOX_ZENDESK_EMAIL,
+    SANDBOX_ZENDESK_TOKEN,
+    ZendeskSandboxServer,
+)
 from integrations.stripe import StripeBillingProvider
+from integrations.zendesk import ZendeskTicketSource
 
 SANDBOX_KEYS = {
     "stripe": "sk_test_sandbox0000000000",
@@ -70,3 +78,22 @@ def sandbox_providers(
             credit_product_id=SANDBOX_CREDIT_PRODUCT_ID,
         ),
     }
+
+
+def sandbox_tickets(world: SandboxWorld | None = None) -> ZendeskTicketSource:
+    """The real Zendesk client talking to the sandbox's Zendesk (tickets of the world's stories)."""
+    world = world or build_world()
+    server = ZendeskSandboxServer(
+        world,
+        email=SANDBOX_ZENDESK_EMAIL,
+        token=SANDBOX_ZENDESK_TOKEN,
+        base_url=SANDBOX_ZENDESK_BASE,
+    )
+    return ZendeskTicketSource(
+        base_url=SANDBOX_ZENDESK_BASE,
+        email=SANDBOX_ZENDESK_EMAIL,
+        token=SANDBOX_ZENDESK_TOKEN,
+        policy=SANDBOX_POLICY,
+        transport=RouterTransport(server),
+        account_field=str(SANDBOX_ACCOUNT_FIELD),
+    )

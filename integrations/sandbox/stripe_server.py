@@ -50,6 +50,7 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, Protocol
 
 from bot.domain.money import Money
+from integrations.sandbox.accounts import digest as _digest
 from integrations.sandbox.idempotency import (
     MISMATCH,
     IdempotencyStore,
@@ -648,6 +649,7 @@ class StripeSandboxServer:
         self._world = world
         self._loaded: set[str] = set()
         self._all_loaded = False
+        self._prefixes: dict[str, str] | None = None
         catalog = getattr(world, "stripe_catalog", None)
         if callable(catalog):
             self._load_catalog(catalog())
@@ -834,6 +836,8 @@ class StripeSandboxServer:
                   "current_period_start", "current_period_end", "test_clock", "automatic_tax"),
             route("POST", "/v1/invoices/create_preview", self._create_preview,
                   "customer", "subscription", "expand", "preview_mode"),
+            route("GET", "/v1/invoices/search", self._search_invoices,
+                  "query", "limit", "page", "expand"),
             route("GET", "/v1/invoices/{id}/lines", self._list_lines, *lp),
             route("GET", "/v1/invoices/{id}", self._get_invoice, "expand"),
             route("GET", "/v1/invoices", self._list_invoices,
@@ -1290,12 +1294,79 @@ class StripeSandboxServer:
         )
 
     async def _get_invoice(self, _r: WireRequest, params: JSON, m: re.Match[str]) -> JSON:
-        expand = self._expand(params, ("payments",))
+        expand = self._expand(params, ("payments", "customer"))
         self._load_for(m["id"])
         invoice = self.invoices.get(m["id"])
         if invoice is None:
             raise _missing("invoice", m["id"])
-        return self._invoice_out(invoice, expand, "")
+        return self._with_customer(self._invoice_out(invoice, expand, ""), "customer" in expand)
+
+    def _with_customer(self, out: JSON, expand: bool) -> JSON:
+        """`out` with its `customer` ID replaced by the customer object when expanded."""
+        cid = out.get("customer")
+        if expand and isinstance(cid, str) and cid in self.customers:
+            out["customer"] = self._customer_out(self.customers[cid])
+        return out
+
+    def _invoice_prefixes(self) -> dict[str, str]:
+        """Invoice number prefix → account ID (prefixes are derived from account IDs)."""
+        if self._prefixes is None:
+            self._prefixes = {
+                f"{_digest(f'prefix|{a.account_id}') % 16**8:08X}": a.account_id
+                for a in getattr(self._world, "accounts", ())
+            }
+        return self._prefixes
+
+    async def _search_invoices(self, _r: WireRequest, params: JSON, _m: re.Match[str]) -> JSON:
+        """Invoice search (`number:'…'`, `customer:'…'`, `status:'…'`), as Stripe answers it."""
+        expand = self._expand(params, ("data.customer", "total_count"))
+        query = params.get("query")
+        if not query:
+            raise _invalid("Missing required param: query.", "query", "parameter_missing")
+        clauses, join = parse_search(str(query))
+        for clause in clauses:
+            if clause.field not in ("number", "customer", "status") or clause.op != ":":
+                raise _invalid(f"Field '{clause.field}' is not supported for invoice search.",
+                               "query")  # fmt: skip
+        for clause in clauses:
+            if clause.field == "number" and not clause.negate:
+                owner = self._invoice_prefixes().get(clause.value.rsplit("-", 1)[0].upper())
+                if owner is not None:
+                    self._load_account(owner)
+            elif clause.field == "customer" and not clause.negate:
+                self._load_for(clause.value)
+            else:
+                self._load_all()
+
+        def matches(invoice: JSON, clause: SearchClause) -> bool:
+            value = str(invoice.get(clause.field) or "")
+            hit = (
+                value.lower() == clause.value.lower()
+                if clause.field != "customer"
+                else (value == clause.value)
+            )
+            return hit != clause.negate
+
+        combine = all if join == "AND" else any
+        hits = [i for i in _sort_newest(self.invoices.values())
+                if combine(matches(i, c) for c in clauses)]  # fmt: skip
+        limit = _int(params, "limit") or 10
+        if not 1 <= limit <= 100:
+            raise _invalid("limit must be between 1 and 100.", "limit", "parameter_invalid_integer")
+        page = hits[:limit]
+        out: JSON = {
+            "object": "search_result",
+            "data": [
+                self._with_customer(self._invoice_out(i, set()), "data.customer" in expand)
+                for i in page
+            ],
+            "has_more": len(hits) > limit,
+            "next_page": None,
+            "url": "/v1/invoices/search",
+        }
+        if "total_count" in expand:
+            out["total_count"] = len(hits)
+        return out
 
     async def _list_invoices(self, _r: WireRequest, params: JSON, _m: re.Match[str]) -> JSON:
         expand = self._expand(params, ("data.payments",))
@@ -1491,12 +1562,12 @@ class StripeSandboxServer:
         return out
 
     async def _get_charge(self, _r: WireRequest, params: JSON, m: re.Match[str]) -> JSON:
-        expand = self._expand(params, ("refunds",))
+        expand = self._expand(params, ("refunds", "customer"))
         self._load_for(m["id"])
         charge = self.charges.get(m["id"])
         if charge is None:
             raise _missing("charge", m["id"])
-        return self._charge_out(charge, expand, "")
+        return self._with_customer(self._charge_out(charge, expand, ""), "customer" in expand)
 
     async def _list_charges(self, _r: WireRequest, params: JSON, _m: re.Match[str]) -> JSON:
         expand = self._expand(params, ("data.refunds",))
