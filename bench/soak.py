@@ -90,6 +90,7 @@ class Tally:
     """What the load did and saw."""
 
     acks: list[float] = field(default_factory=list)
+    acks_by_kind: dict[str, list[float]] = field(default_factory=dict)
     sent: dict[str, int] = field(default_factory=dict)
     non_200: int = 0
     transport_errors: int = 0
@@ -144,6 +145,8 @@ class Soak:
         await self.slack.start()
         port = _port()
         self.url = f"http://127.0.0.1:{port}"
+        self.log_path = Path(tempfile.mkdtemp()) / "serve.log"
+        self.log = self.log_path.open("wb")
         foreign = ("SLACK_", "STRIPE_", "ORB_", "METRONOME_", "OPENAI_", "FINANCE_", "ONCALL_")
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(foreign)},
@@ -161,8 +164,7 @@ class Soak:
         }  # fmt: skip
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bot", "serve", "--host", "127.0.0.1", "--port", str(port),
-            env=env, cwd=REPO, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
+            env=env, cwd=REPO, stdout=asyncio.subprocess.DEVNULL, stderr=self.log,
         )  # fmt: skip
         self.http = httpx.AsyncClient(base_url=self.url, timeout=30)
         try:
@@ -191,7 +193,9 @@ class Soak:
 
     # -- the load ----------------------------------------------------------------------------
 
-    async def _post(self, body: str | bytes, headers: dict[str, str], path: str) -> httpx.Response:
+    async def _post(
+        self, body: str | bytes, headers: dict[str, str], path: str, kind: str = "other"
+    ) -> httpx.Response:
         started = time.perf_counter()
         try:
             response = await self.http.post(path, content=body, headers=headers)
@@ -199,14 +203,17 @@ class Soak:
             self.tally.transport_errors += 1
             raise
         if path == "/slack/events":
-            self.tally.acks.append(time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self.tally.acks.append(seconds)
+            self.tally.acks_by_kind.setdefault(kind, []).append(seconds)
         if response.status_code != 200:
             self.tally.non_200 += 1
         return response
 
     async def _command(self, text: str, *, user: str, key: str) -> None:
         body = slash_command_body(text, user_id=user, response_url=self.slack.response_url(key))
-        await self._post(body, dict(signed_headers(body, content_type=FORM)), "/slack/events")
+        headers = dict(signed_headers(body, content_type=FORM))
+        await self._post(body, headers, "/slack/events", kind=text.split()[0])
 
     def _account(self) -> str:
         return self.rng.choice(self.accounts)
@@ -243,7 +250,7 @@ class Soak:
                             response_url=self.slack.response_url(f"a{n}"),
                         )  # fmt: skip
                         headers = dict(signed_headers(body, content_type=FORM))
-                        await self._post(body, headers, "/slack/events")
+                        await self._post(body, headers, "/slack/events", kind="approve click")
                         self.tally.approved.append((found.group(0), charge))
                         return
             replies = [r.args for r in self.slack.responses_to(key)]
@@ -288,11 +295,10 @@ class Soak:
                 self.slack.fail_next(method, error="ratelimited", retry_after=2, times=8)
             self.tally.faults.append(f"min {minute}: Slack 429 x8 on post and update")
         else:
-            await asyncio.to_thread(
-                cluster._run, "pg_ctl", "-D", str(cluster.root / "data"), "-m", "fast", "-w",  # type: ignore[operator]
-                "restart",
-            )  # fmt: skip
-            self.tally.faults.append(f"min {minute}: PostgreSQL restarted")
+            started = time.monotonic()
+            await asyncio.to_thread(cluster.restart)
+            down = time.monotonic() - started
+            self.tally.faults.append(f"min {minute}: PostgreSQL restarted ({down:.1f} s)")
 
     async def _load(self, cluster: TemporaryCluster) -> dict[str, float]:
         kinds = [k for k, w in MIX.items() for _ in range(w)]
@@ -349,10 +355,11 @@ class Soak:
                 unposted = [a for a in alerts if await uow.outbox.posted(f"alert:{a.id}") is None]
         await db.dispose()
         lost_alerts = sorted(wanted - stored) + [f"alert {a.id} never posted" for a in unposted]
-        unknown = sum(
-            1 for c in self.slack.calls
-            if "Something went wrong" in json.dumps(c.args)
-        )  # fmt: skip
+        refs = sorted({
+            m.group(1) for c in self.slack.calls
+            for m in re.finditer(r"Something went wrong \(ref ([0-9a-f]+)\)", json.dumps(c.args))
+        })  # fmt: skip
+        unknown = len(refs)
         ms = sorted(x * 1000 for x in self.tally.acks)
         q = statistics.quantiles(ms, n=100, method="inclusive") if len(ms) > 1 else [0.0] * 99
         sent = sum(self.tally.sent.values())
@@ -364,6 +371,19 @@ class Soak:
               f"{self.tally.non_200}; transport errors {self.tally.transport_errors}")  # fmt: skip
         print(f"unknown errors shown to users: {unknown}; refunds refused as asked: "
               f"{self.tally.refund_refused}")  # fmt: skip
+        self.log.flush()
+        logged = self.log_path.read_text(errors="replace")
+        for ref in refs:
+            at = logged.find(f"ref={ref}")
+            print(
+                f"  ref {ref}: {logged[at : at + 600]!r}" if at >= 0 else f"  ref {ref}: not logged"
+            )
+        for kind, values in sorted(self.tally.acks_by_kind.items()):
+            kq = sorted(v * 1000 for v in values)
+            print(
+                f"  ack {kind:>13}: n={len(kq)} p50 {kq[len(kq) // 2]:.1f} ms "
+                f"p99 {kq[min(len(kq) - 1, int(len(kq) * 0.99))]:.1f} ms max {kq[-1]:.1f} ms"
+            )
         print(f"RSS: start {rss['start']:.0f} MB, after warm-up {rss['warm']:.0f} MB, end "
               f"{rss['end']:.0f} MB ({growth:+.1f}% since warm-up, budget within 10%)")  # fmt: skip
         print(f"approvals: {len(self.tally.approved)} approved, lost {len(lost_approvals)}")

@@ -64,6 +64,7 @@ from bot.errors import (
     ProviderIdempotencyConflict,
     ProviderNotFound,
     ProviderOutcomeUnknown,
+    ProviderUnavailable,
     RequestRefused,
     UserError,
 )
@@ -1013,7 +1014,12 @@ class ApprovalService:
             return _Unknown(f"{label(request.provider)}: {exc.message}")
         except ProviderIdempotencyConflict as exc:
             return _Failed(f"{label(request.provider)}: {exc.message}")
-        except ProviderError as exc:  # refused, or certainly never done: nothing happened
+        except ProviderUnavailable as exc:
+            # Certainly not done (never connected, rate limited throughout, or the reads before
+            # the write failed): a passing fault, not finance's business. The reconciler tries
+            # again with the same key, like an unknown outcome, until MAX_ATTEMPTS.
+            return _Unknown(f"{label(exc.provider)}: {exc.message}")
+        except ProviderError as exc:  # refused by the provider: nothing happened
             return _Failed(f"{label(exc.provider)}: {exc.message}")
         except ValueError as exc:  # our own argument checks, before anything was sent
             log.error("write refused before sending", extra={"request_id": request.id})

@@ -50,6 +50,12 @@ ORB_THRESHOLDS = {
 HIGH_AMOUNT = Decimal(1000)
 #: A delivery older than this and still unprocessed is the reconciler's.
 RECONCILE_AFTER = timedelta(seconds=30)
+#: Tries at finding an event's account before its alert goes out under the provider's own ID.
+RESOLVE_ATTEMPTS = 5
+
+
+class _RetryLater(Exception):
+    """The event's account could not be looked up now; process the event again later."""
 
 
 def event_id_of(source: str, payload: Mapping[str, Any]) -> str | None:
@@ -389,7 +395,14 @@ class WebhookService:
         if handled(event.source, event.type):
             draft = self._draft(event)
             if draft is not None:
-                outcome = await self._record(draft)
+                try:
+                    outcome = await self._record(
+                        draft, last_try=event.attempts + 1 >= RESOLVE_ATTEMPTS
+                    )
+                except _RetryLater:
+                    # Left unprocessed: the webhooks job tries again in a minute, so the alert
+                    # is keyed by the account, not by whatever ID a failing lookup left us.
+                    return "retry later"
             else:
                 outcome = "nothing to alert"
         async with self.store.uow() as uow:
@@ -425,8 +438,9 @@ class WebhookService:
             log.warning("webhook payload unreadable", extra={"event": event.event_id})
         return None
 
-    async def _account(self, provider: str, draft: _Draft) -> str:
-        """Our account ID for the event's customer (the customer ID where none is found)."""
+    async def _account(self, provider: str, draft: _Draft, *, last_try: bool = True) -> str:
+        """Our account ID for the event's customer (the customer ID where none is found). When
+        the provider cannot be asked and this is not the `last_try`, raises `_RetryLater`."""
         if draft.account_id:
             return str(draft.account_id)
         client = self.providers.get(provider)
@@ -447,17 +461,20 @@ class WebhookService:
                         (r for r in draft.anomaly.refs if r.startswith(("ch_", "py_"))), None
                     )
                     record = await client.customer_of_payment(charge) if charge else None
-        except Exception:  # the alert goes out with the provider's ID rather than not at all
+        except Exception:
             log.warning("could not resolve a webhook's account", exc_info=True)
+            if not last_try:
+                raise _RetryLater() from None
+            # After RESOLVE_ATTEMPTS the alert goes out with the provider's ID, not at all.
         if record is not None and record.account_id:
             return record.account_id
         if record is not None:
             return record.customer_id
         return customer_id or next(iter(draft.anomaly.refs), "unknown")
 
-    async def _record(self, draft: _Draft) -> str:
+    async def _record(self, draft: _Draft, *, last_try: bool = True) -> str:
         anomaly = draft.anomaly
-        account = await self._account(anomaly.provider, draft)
+        account = await self._account(anomaly.provider, draft, last_try=last_try)
         anomaly = replace(anomaly, account_id=account)
         now = self.clock()
         async with self.store.uow() as uow:

@@ -68,17 +68,27 @@ async def test_a_stripe_refusal_fails_the_request_with_its_message_and_a_retry_r
         assert app.buttons(request_id) == []
 
 
-async def test_rate_limited_on_every_attempt_fails_the_request_without_a_refund(
+async def test_rate_limited_on_every_attempt_is_retried_later_with_the_same_key(
     local_slack: LocalSlack, fake_providers: FakeProviders, database_url: str
 ) -> None:
-    """429 on every attempt means Stripe did nothing: failed (retryable), no refund."""
+    """429 on every attempt means Stripe did nothing: a passing fault, not finance's business.
+    The request stays executing with no refund; once Stripe lets us in, the reconciler makes the
+    one refund with the request's key."""
     async with approvals_app(local_slack, database_url, fake_providers) as app:
         fake_providers.stripe.add_fault(
             Fault("status", status=429, path=REFUNDS, method="POST", times=None)
         )
         request_id, charge = await _approved(app)
-        assert (await app.get(request_id)).state is RequestState.FAILED
+        assert (await app.get(request_id)).state is RequestState.EXECUTING
         assert await app.refunds_at_stripe(charge) == []
+
+        fake_providers.stripe.clear_faults()
+        await app.run_job()
+
+        done = await app.get(request_id)
+        assert done.state is RequestState.EXECUTED
+        assert [r["id"] for r in await app.refunds_at_stripe(charge)] == [done.provider_object_id]
+        assert _keys(fake_providers) == {f"bt:{request_id}:refund"}
 
 
 @pytest.mark.parametrize(

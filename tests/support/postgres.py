@@ -200,6 +200,15 @@ class TemporaryCluster:
             return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/postgres"
         raise RuntimeError(f"could not start PostgreSQL: {last_error}; see {self.root}")
 
+    def restart(self) -> None:
+        """Restart the server (fast shutdown: connections are cut), same port and options; the
+        log file keeps the new server's output off our pipes."""
+        assert self.root is not None
+        self._run(
+            "pg_ctl", "-D", str(self.root / "data"), "-l", str(self.root / "postgres.log"),
+            "-m", "fast", "-w", "-t", "60", "restart",
+        )  # fmt: skip
+
     def stop(self) -> None:
         """Stop the cluster and remove its folder."""
         if self.root is None:
