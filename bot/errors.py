@@ -177,3 +177,16 @@ class AccessDenied(UserError):
     """The user is not allowed to do this (VIEWERS, REQUESTERS, FINANCE_APPROVERS)."""
 
     code = "access_denied"
+
+
+class StoreUnavailable(BotError):
+    """The database did not answer (down, restarting, unreachable). Nothing half-done is lost:
+    every state change is one transaction, and the periodic jobs finish what was under way."""
+
+    code = "store_unavailable"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The database did not answer (it may be restarting). Nothing was lost: anything "
+            "already approved or sent is finished automatically. Try again in a minute."
+        )

@@ -6,21 +6,26 @@ under concurrency are single `INSERT … ON CONFLICT` statements in the dialect'
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Self
 
 from sqlalchemy import Insert, delete, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.domain.records import AccountLink, AuditEvent
+from bot.errors import StoreUnavailable
 from bot.storage.alerts import SqlAlerts, SqlScans, SqlWebhooks
 from bot.storage.approvals import SqlApprovalRequests
 from bot.storage.cases import SqlCases, SqlTicketNotes
 from bot.storage.outbox import SqlLeases, SqlOutbox
 from bot.storage.sql import dialect_insert, rowcount
 from bot.storage.tables import AccountLinkRow, AuditEventRow, ProcessedEvent
+
+log = logging.getLogger("bot.storage")
 
 
 class SqlProcessedEvents:
@@ -169,6 +174,34 @@ class SqlAccountLinks:
         )
 
 
+def _connection_lost(exc: BaseException) -> bool:
+    """True when `exc` (or what caused it) says the database could not be reached."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, DBAPIError) and seen.connection_invalidated:
+            return True
+        # A refused or reset connection (OSError); not a timeout, which may be anyone's (a
+        # provider call timing out inside a unit of work is no database problem).
+        if isinstance(seen, OSError) and not isinstance(seen, TimeoutError | FileNotFoundError):
+            return True
+        if type(seen).__name__ in _LOST_NAMES:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+#: asyncpg's errors for a server that is shutting down, starting or unreachable (by name: the
+#: driver is optional for SQLite deployments).
+_LOST_NAMES = frozenset(
+    {
+        "CannotConnectNowError", "ConnectionDoesNotExistError", "AdminShutdownError",
+        "InterfaceError", "ConnectionFailureError", "TooManyConnectionsError",
+    }
+)  # fmt: skip
+
+
 class SqlUnitOfWork:
     """`UnitOfWork` over one `AsyncSession`: rolled back on exit unless `commit()` was called."""
 
@@ -292,10 +325,19 @@ class SqlUnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        """Roll back whatever was not committed and release the connection."""
+        """Roll back whatever was not committed and release the connection. A lost connection
+        becomes `StoreUnavailable`, which users see as "the database did not answer"."""
         session = self.session
         try:
-            await session.rollback()
+            try:
+                await session.rollback()
+            except Exception:
+                if exc is None:
+                    raise
+                # The connection is gone; the exception that got us here says more.
+                log.debug("rollback after an error failed", exc_info=True)
+            if exc is not None and _connection_lost(exc):
+                raise StoreUnavailable() from exc
         finally:
             await session.close()
             self._session = None

@@ -262,3 +262,28 @@ def test_the_unit_of_work_is_used_inside_async_with(tmp_path: Path) -> None:
     database = Database(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
     with pytest.raises(RuntimeError, match="async with"):
         _ = database.uow().events
+
+
+async def test_an_unreachable_database_is_a_plain_message_not_a_traceback(tmp_path: Path) -> None:
+    """A database that refuses connections (down, restarting) surfaces as StoreUnavailable,
+    whose message tells the user nothing was lost; a provider timeout inside a unit of work
+    stays what it is."""
+    from sqlalchemy import text
+
+    from bot.errors import StoreUnavailable
+    from bot.storage.db import Database
+
+    closed = Database("postgresql+asyncpg://postgres@127.0.0.1:1/postgres")
+    try:
+        with pytest.raises(StoreUnavailable, match="Nothing was lost"):
+            async with closed.uow() as uow:
+                await uow.session.execute(text("SELECT 1"))
+    finally:
+        await closed.dispose()
+    fine = Database(f"sqlite+aiosqlite:///{tmp_path}/t.db")
+    try:
+        with pytest.raises(TimeoutError):
+            async with fine.uow():
+                raise TimeoutError
+    finally:
+        await fine.dispose()
