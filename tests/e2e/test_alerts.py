@@ -74,7 +74,7 @@ async def outbox_empty(running: RunningApp, timeout: float = 30.0) -> None:  # n
 
 
 @pytest_asyncio.fixture
-async def scanning(local_slack: LocalSlack, tmp_path: Any) -> AsyncIterator[Scanning]:
+async def scanning(local_slack: LocalSlack, database_url: str) -> AsyncIterator[Scanning]:
     """The app with the story world's fake providers and an on-call channel."""
     world = story_world()
     fakes = FakeProviders(
@@ -88,7 +88,7 @@ async def scanning(local_slack: LocalSlack, tmp_path: Any) -> AsyncIterator[Scan
     clients = fakes.clients()
     try:
         async with serve_app(
-            local_slack, f"sqlite+aiosqlite:///{tmp_path}/alerts.db", providers=clients,
+            local_slack, database_url, providers=clients,
             oncall_channel=ONCALL, scan_interval_minutes=0,
         ) as running:  # fmt: skip
             from bot.app import startup

@@ -19,13 +19,11 @@ from tests.support.providers import FakeProviders
 
 @pytest_asyncio.fixture
 async def app_with_providers(
-    local_slack: LocalSlack, fake_providers: FakeProviders, tmp_path: Any
+    local_slack: LocalSlack, fake_providers: FakeProviders, database_url: str
 ) -> AsyncIterator[tuple[RunningApp, FakeProviders]]:
     """The served app wired to the three fake providers."""
     clients = fake_providers.clients()
-    async with serve_app(
-        local_slack, f"sqlite+aiosqlite:///{tmp_path}/lookup.db", providers=clients
-    ) as running:
+    async with serve_app(local_slack, database_url, providers=clients) as running:
         yield running, fake_providers
 
 

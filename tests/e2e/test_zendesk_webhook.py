@@ -27,7 +27,7 @@ TRIAGE = "C0TRIAGE"
 @asynccontextmanager
 async def served(
     slack: LocalSlack,
-    tmp_path: Any,
+    database_url: str,
     providers: FakeProviders,
     zendesk: FakeZendesk,
     **settings: Any,
@@ -42,7 +42,7 @@ async def served(
     build = functools.partial(build_app, tickets=zendesk.client())
     async with serve_app(
         slack,
-        f"sqlite+aiosqlite:///{tmp_path}/hook.db",
+        database_url,
         providers=providers.clients(),
         build=build,
         **values,
@@ -94,11 +94,11 @@ async def test_a_signed_trigger_delivery_posts_one_triage_card(
     local_slack: LocalSlack,
     fake_providers: FakeProviders,
     fake_zendesk: FakeZendesk,
-    tmp_path: Any,
+    database_url: str,
 ) -> None:
     """A good signature: 200 at once, then one card with the ticket, account, what matters and
     the ticket's buttons in TRIAGE_CHANNEL."""
-    async with served(local_slack, tmp_path, fake_providers, fake_zendesk) as running:
+    async with served(local_slack, database_url, fake_providers, fake_zendesk) as running:
         status, answer = await deliver(running, {"ticket_id": "1004"}, invocation="inv-1")
         await running.deps.delivery.drain()  # type: ignore[union-attr]
     assert status == 200 and answer["ticket_id"] == 1004
@@ -118,7 +118,7 @@ async def test_an_event_webhook_is_understood(
     local_slack: LocalSlack,
     fake_providers: FakeProviders,
     fake_zendesk: FakeZendesk,
-    tmp_path: Any,
+    database_url: str,
 ) -> None:
     """The `zen:event-type:ticket.created` event (IDs as strings) names its ticket."""
     event = {
@@ -131,7 +131,7 @@ async def test_an_event_webhook_is_understood(
         "detail": {"id": "1003", "status": "NEW"},
         "event": {},
     }
-    async with served(local_slack, tmp_path, fake_providers, fake_zendesk) as running:
+    async with served(local_slack, database_url, fake_providers, fake_zendesk) as running:
         status, _ = await deliver(running, event)
         await running.deps.delivery.drain()  # type: ignore[union-attr]
     assert status == 200
@@ -152,14 +152,14 @@ async def test_bad_or_stale_deliveries_are_400_and_nothing_else(
     local_slack: LocalSlack,
     fake_providers: FakeProviders,
     fake_zendesk: FakeZendesk,
-    tmp_path: Any,
+    database_url: str,
     why: str,
     kwargs: dict[str, Any],
 ) -> None:
     """A wrong signature or an old timestamp: 400, nothing queued, Zendesk never read."""
     if "skew" in kwargs:  # the time is taken now, not when the tests were collected
         kwargs = {"timestamp": _stamp(datetime.now(UTC) + timedelta(seconds=kwargs["skew"]))}
-    async with served(local_slack, tmp_path, fake_providers, fake_zendesk) as running:
+    async with served(local_slack, database_url, fake_providers, fake_zendesk) as running:
         status, answer = await deliver(running, {"ticket_id": "1004"}, **kwargs)
         await running.deps.delivery.drain()  # type: ignore[union-attr]
         async with running.deps.database.uow() as uow:
@@ -174,11 +174,11 @@ async def test_a_replayed_delivery_and_a_second_trigger_post_one_card(
     local_slack: LocalSlack,
     fake_providers: FakeProviders,
     fake_zendesk: FakeZendesk,
-    tmp_path: Any,
+    database_url: str,
 ) -> None:
     """The same delivery again (Zendesk's retry), and another delivery about the same ticket:
     still one card."""
-    async with served(local_slack, tmp_path, fake_providers, fake_zendesk) as running:
+    async with served(local_slack, database_url, fake_providers, fake_zendesk) as running:
         first = await deliver(running, {"ticket_id": "1001"}, invocation="inv-7")
         replay = await deliver(running, {"ticket_id": "1001"}, invocation="inv-7")
         other = await deliver(running, {"ticket_id": "1001"}, invocation="inv-8")
@@ -192,16 +192,16 @@ async def test_no_secret_or_no_ticket_is_refused(
     local_slack: LocalSlack,
     fake_providers: FakeProviders,
     fake_zendesk: FakeZendesk,
-    tmp_path: Any,
+    database_url: str,
 ) -> None:
     """Without ZENDESK_WEBHOOK_SECRET nothing is trusted; a signed body without a ticket ID or
     with broken JSON is refused too."""
     async with served(
-        local_slack, tmp_path, fake_providers, fake_zendesk, zendesk_webhook_secret=None
+        local_slack, database_url, fake_providers, fake_zendesk, zendesk_webhook_secret=None
     ) as running:
         status, answer = await deliver(running, {"ticket_id": "1001"})
     assert status == 400 and "ZENDESK_WEBHOOK_SECRET" in answer["error"]
-    async with served(local_slack, tmp_path, fake_providers, fake_zendesk) as running:
+    async with served(local_slack, database_url, fake_providers, fake_zendesk) as running:
         no_ticket = await deliver(running, {"requester_email": "x@y.example"})
         broken = await deliver(running, b"{not json")
     assert no_ticket[0] == 400 and broken[0] == 400
