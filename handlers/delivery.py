@@ -53,6 +53,8 @@ MAX_ATTEMPTS = 12  # transient faults: about an hour of exponential backoff capp
 BACKOFF_CAP = 300.0
 CLAIM_LEASE = 60.0
 BATCH = 20
+#: Channels (pacing) and error/channel pairs (log once) one process remembers at most.
+MAX_TRACKED = 2000
 
 
 Rendered = RenderedMessage
@@ -302,6 +304,10 @@ class Delivery:
             wait = self._pace - (time.monotonic() - last)
             if wait > 0:
                 await asyncio.sleep(wait)
+        elif len(self._last_post) >= MAX_TRACKED:
+            # Bounded: forget channels not posted to for longer than the pace (most of them).
+            cutoff = time.monotonic() - self._pace
+            self._last_post = {c: at for c, at in self._last_post.items() if at > cutoff}
         self._last_post[channel] = time.monotonic()
 
     # -- outcomes ----------------------------------------------------------------------------
@@ -340,6 +346,8 @@ class Delivery:
         self._metrics.inc("billing_triage_slack_delivery_failures_total", error=error)
         where = f"{error}:{entry.message.channel}"
         if where not in self._logged:  # once per error and channel, not once per message
+            if len(self._logged) >= MAX_TRACKED:
+                self._logged.clear()  # bounded: a long-lived process logs a repeat now and then
             self._logged.add(where)
             log.error(
                 "Slack refused a message for good",

@@ -98,6 +98,8 @@ PAGE_LIMIT = 100
 MAX_PAGES = 20  # 2,000 objects of one kind per snapshot is far beyond one account's history
 SUMMARY_CHUNK_DAYS = 100  # one page of daily meter summaries
 METER_CACHE_SECONDS = 600.0
+#: Catalog objects (prices, meters) one client caches at most.
+MAX_CACHED = 5000
 _SECRET_RE = re.compile(r"\b((?:sk|rk|pk|whsec)_(?:live|test)?_?)[A-Za-z0-9*]+")
 
 _SUBSCRIPTION_STATUS = {
@@ -899,7 +901,7 @@ class StripeBillingProvider:
     # -- round-2 pieces --------------------------------------------------------------------------
 
     def _remember_price(self, price: JSON) -> None:
-        if len(self._prices) > 5000:
+        if len(self._prices) >= MAX_CACHED:
             self._prices.clear()  # a crude bound; prices are cheap to fetch again
         self._prices[str(price["id"])] = price
 
@@ -942,6 +944,8 @@ class StripeBillingProvider:
                 meter = await self._get(f"v1/billing/meters/{quote(meter_id, safe='')}")
             except ProviderNotFound:
                 return
+            if len(self._meters) >= MAX_CACHED:
+                self._meters.clear()  # a crude bound, as for prices: meters are cheap to fetch
             self._meters[meter_id] = (time.monotonic(), meter)
 
         await _gather([fetch(m) for m in stale])

@@ -204,3 +204,26 @@ async def test_a_thread_reply_waits_for_its_parent_and_a_skipped_message_is_sett
     assert posts[1].args["thread_ts"] == posts[0].response["ts"]
     async with migrated_db.uow() as uow:
         assert (await uow.outbox.stats())["sent"] == 3
+
+
+async def test_what_the_worker_remembers_stays_bounded(
+    worker: tuple[Delivery, Clock], migrated_db: Database, local_slack: LocalSlack
+) -> None:
+    """Pacing state and the log-once set stay bounded however many channels a long-running
+    process posts to (the rest of its memory is the database's)."""
+    import handlers.delivery as module
+
+    delivery, _ = worker
+    module.MAX_TRACKED, saved = 5, module.MAX_TRACKED
+    try:
+        local_slack.fail_next("chat.postMessage", error="channel_not_found", times=12)
+        await _enqueue(
+            migrated_db,
+            *(OutgoingMessage(f"m{i}", "post", f"C0CHAN{i:03d}", payload={"text": "x"})
+              for i in range(12)),
+        )  # fmt: skip
+        assert await delivery.drain()
+        assert len(delivery._logged) <= 5
+        assert len(delivery._last_post) <= 5 + 1
+    finally:
+        module.MAX_TRACKED = saved
