@@ -77,7 +77,10 @@ def test_manifest_grants_what_the_bot_needs(manifest: dict[str, Any]) -> None:
     (command,) = manifest["features"]["slash_commands"]
     assert command["command"] == "/billing"
     assert command["usage_hint"]
-    assert manifest["settings"]["event_subscriptions"]["bot_events"] == ["app_mention"]
+    assert manifest["settings"]["event_subscriptions"]["bot_events"] == [
+        "app_mention",
+        "subteam_members_changed",
+    ]
     assert manifest["settings"]["interactivity"]["is_enabled"] is True
     assert manifest["settings"]["socket_mode_enabled"] is True
     assert set(manifest["oauth_config"]["scopes"]["bot"]) == {
@@ -87,6 +90,7 @@ def test_manifest_grants_what_the_bot_needs(manifest: dict[str, Any]) -> None:
         "usergroups:read",
         "users:read",
         "im:write",
+        "files:write",
     }
 
 
