@@ -1155,9 +1155,7 @@ def _invoice_series(
 ) -> tuple[SeriesPoint, ...]:
     """The invoices as compared (credits, discounts and prorations taken out), oldest first."""
     older = list(reversed(history[:11]))
-    points = [
-        SeriesPoint(day=_inv_day(o) or date.min, actual=_adjusted(o, config)) for o in older
-    ]
+    points = [SeriesPoint(day=_inv_day(o) or date.min, actual=_adjusted(o, config)) for o in older]
     points.append(
         SeriesPoint(
             day=_inv_day(inv) or date.min,
