@@ -18,7 +18,7 @@ pytest_plugins = [
 
 _PREFIXES = (
     "SLACK_", "STRIPE_", "ORB_", "METRONOME_", "OPENAI_", "FINANCE_", "ONCALL_", "ZENDESK_",
-    "TRIAGE_", "REPORT_", "ALERT_", "PROMETHEUS_",
+    "TRIAGE_", "REPORT_", "ALERT_", "PROMETHEUS_", "SCAN_",
 )  # fmt: skip
 _NAMES = {
     "DATABASE_URL", "SANDBOX", "REQUESTERS", "VIEWERS", "DUAL_APPROVAL_ABOVE", "REQUEST_TTL_HOURS",

@@ -552,6 +552,10 @@ class Scans(Protocol):
         """Every page is queued (`failures`: providers whose listing failed, and why)."""
         ...
 
+    async def pending_items(self, run_id: int) -> int:
+        """Items of the run nobody has claimed yet (the listing waits while enough are)."""
+        ...
+
     async def claim_item(
         self, *, holder: str, now: datetime, lease: float, run_id: int | None = None
     ) -> ScanItem | None:
@@ -570,8 +574,12 @@ class Scans(Protocol):
         """Record the item's outcome; False when `holder` no longer held it."""
         ...
 
-    async def claim_account(self, run_id: int, account_key: str, *, item_id: int) -> bool:
-        """Take `account_key` for `item_id` in this run; False when another item has it."""
+    async def claim_accounts(
+        self, run_id: int, account_keys: Sequence[str], *, item_id: int
+    ) -> set[str]:
+        """Take the free keys of `account_keys` for `item_id` at once (one account, one scan:
+        the other pages skip them); the keys `item_id` holds, taken now or by an earlier
+        attempt at the same item (whose holder died)."""
         ...
 
     async def state(self, run_id: int) -> ScanRunState | None:
@@ -579,7 +587,8 @@ class Scans(Protocol):
         ...
 
     async def finish_if_complete(self, run_id: int, *, now: datetime) -> bool:
-        """Mark the run done when it is listed and no item is left; True when it is done."""
+        """Mark the run done when it is listed and no item is left; True when the run is over
+        (done, or abandoned because its coordinator was taken for dead)."""
         ...
 
     async def prune(self, *, older_than: datetime) -> int:

@@ -358,6 +358,15 @@ class SqlScans:
             .values(listed_at=now, list_failures=dict(failures), heartbeat_at=now)
         )
 
+    async def pending_items(self, run_id: int) -> int:
+        """Items of the run nobody has claimed yet."""
+        found = await self._session.scalar(
+            select(func.count())
+            .select_from(ScanItemRow)
+            .where(ScanItemRow.run_id == run_id, ScanItemRow.status == "pending")
+        )
+        return int(found or 0)
+
     async def claim_item(
         self, *, holder: str, now: datetime, lease: float, run_id: int | None = None
     ) -> ScanItem | None:
@@ -426,30 +435,35 @@ class SqlScans:
                 ScanItemRow.status == "claimed",
                 ScanItemRow.claimed_by == holder[:64],
             )
-            .values(
-                status="done", finished_at=now, claimed_by=None, lease_until=None,
+            .values(  # claimed_by stays: who did the item (a retried item: its last holder)
+                status="done", finished_at=now, lease_until=None,
                 accounts=accounts, skipped=skipped, alerts=alerts, new_alerts=new_alerts,
                 failed={"accounts": list(failed)},
             )
         )  # fmt: skip
         return rowcount(result) == 1
 
-    async def claim_account(self, run_id: int, account_key: str, *, item_id: int) -> bool:
-        """Take `account_key` for `item_id`; True too when this item took it before (a retry
-        of an item whose first holder died)."""
-        statement = (
+    async def claim_accounts(
+        self, run_id: int, account_keys: Sequence[str], *, item_id: int
+    ) -> set[str]:
+        """Take every free key of `account_keys` for `item_id` in one statement; the keys the
+        item holds (those it took now or before: a retry of an item whose holder died)."""
+        keys = list(dict.fromkeys(k[:255] for k in account_keys))
+        if not keys:
+            return set()
+        await self._session.execute(
             dialect_insert(self._session, ScanAccountRow)
-            .values(run_id=run_id, account_key=account_key[:255], item_id=item_id)
+            .values([{"run_id": run_id, "account_key": k, "item_id": item_id} for k in keys])
             .on_conflict_do_nothing(index_elements=["run_id", "account_key"])
         )
-        if rowcount(await self._session.execute(statement)) == 1:
-            return True
-        owner = await self._session.scalar(
-            select(ScanAccountRow.item_id).where(
-                ScanAccountRow.run_id == run_id, ScanAccountRow.account_key == account_key[:255]
+        mine = await self._session.scalars(
+            select(ScanAccountRow.account_key).where(
+                ScanAccountRow.run_id == run_id,
+                ScanAccountRow.item_id == item_id,
+                ScanAccountRow.account_key.in_(keys),
             )
         )
-        return owner == item_id
+        return set(mine)
 
     async def state(self, run_id: int) -> ScanRunState | None:
         """The run and its totals."""
@@ -484,7 +498,8 @@ class SqlScans:
         )  # fmt: skip
 
     async def finish_if_complete(self, run_id: int, *, now: datetime) -> bool:
-        """Mark the run done when it is listed and no item is left."""
+        """Mark the run done when it is listed and no item is left; True when the run is over
+        (done now or before, or abandoned)."""
         left = (
             select(ScanItemRow.id)
             .where(ScanItemRow.run_id == run_id, ScanItemRow.status.in_(["pending", "claimed"]))
@@ -505,7 +520,7 @@ class SqlScans:
         status = await self._session.scalar(
             select(ScanRunRow.status).where(ScanRunRow.id == run_id)
         )
-        return status == "done"
+        return status != "running"
 
     async def prune(self, *, older_than: datetime) -> int:
         """Forget finished runs started before `older_than`."""
