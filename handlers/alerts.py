@@ -190,6 +190,7 @@ def register(app: AsyncApp, deps: Deps) -> None:
             why=str(payload.get("why") or "escalate"),
             from_severity=payload.get("from_severity"),
             from_impact=payload.get("from_impact") or None,
+            from_currency=payload.get("from_currency") or None,
         )
         return RenderedMessage(text=text, blocks=blocks, broadcast=True)
 

@@ -366,6 +366,8 @@ class AlertRecord:
     last_run_id: int | None = None
     notified_severity: str | None = None
     notified_impact: Decimal | None = None
+    #: The currency of `notified_impact` (None when stored before it was recorded: the alert's).
+    notified_currency: str | None = None
     notified_at: datetime | None = None
     notify_count: int = 0
     status_by: str | None = None
@@ -438,9 +440,11 @@ class Alerts(Protocol):
         ...
 
     async def mark_notified(
-        self, alert_id: int, *, severity: str, impact: Decimal, now: datetime
-    ) -> None:
-        """Record that on-call was told about the alert at this severity and impact."""
+        self, alert_id: int, *, severity: str, impact: Decimal, now: datetime,
+        currency: str | None = None,
+    ) -> None:  # fmt: skip
+        """Record that on-call was told about the alert at this severity and impact (in
+        `currency`)."""
         ...
 
     async def set_status(

@@ -61,13 +61,23 @@ def _alert(row: AlertRow) -> AlertRecord:
         last_seen_at=row.last_seen_at,
         last_run_id=row.last_run_id,
         notified_severity=row.notified_severity,
-        notified_impact=Decimal(row.notified_impact) if row.notified_impact else None,
+        notified_impact=_notified(row.notified_impact)[0],
+        notified_currency=_notified(row.notified_impact)[1],
         notified_at=row.notified_at,
         notify_count=row.notify_count,
         status_by=row.status_by,
         status_at=row.status_at,
         snoozed_until=row.snoozed_until,
     )
+
+
+def _notified(stored: str | None) -> tuple[Decimal | None, str | None]:
+    """(amount, currency) of a stored `notified_impact`: "<amount> <currency>", or a bare
+    amount (no currency known)."""
+    if not stored:
+        return None, None
+    amount, _, currency = stored.partition(" ")
+    return Decimal(amount), (currency or None)
 
 
 def _draft_values(draft: AlertDraft) -> dict[str, Any]:
@@ -145,15 +155,18 @@ class SqlAlerts:
         await self._session.execute(update(AlertRow).where(AlertRow.id == alert_id).values(values))
 
     async def mark_notified(
-        self, alert_id: int, *, severity: str, impact: Decimal, now: datetime
-    ) -> None:
-        """Record that on-call was told about the alert at this severity and impact."""
+        self, alert_id: int, *, severity: str, impact: Decimal, now: datetime,
+        currency: str | None = None,
+    ) -> None:  # fmt: skip
+        """Record that on-call was told about the alert at this severity and impact (its
+        currency kept with the amount, in the same column: escalation never compares amounts
+        of two currencies)."""
         await self._session.execute(
             update(AlertRow)
             .where(AlertRow.id == alert_id)
             .values(
                 notified_severity=severity,
-                notified_impact=str(impact),
+                notified_impact=f"{impact} {currency}" if currency else str(impact),
                 notified_at=now,
                 notify_count=AlertRow.notify_count + 1,
             )
