@@ -197,8 +197,8 @@ class MetronomeBillingProvider:
 
     def scan_view(self, *, invoices: int, payment_days: int) -> MetronomeBillingProvider:
         """This client reading only what an anomaly scan needs: the newest `invoices` invoices
-        (one page) and their payments (Metronome's are on invoices); every lookup keeps the full history. The
-        view shares this client's HTTP client (its pacing, limits and counters) and caches."""
+        (one page) and their payments (Metronome's are on invoices); lookups keep the full history.
+        The view shares this client's HTTP client (pacing, limits, counters) and caches."""
         view = copy.copy(self)
         view._invoice_count = max(1, min(invoices, LIST_LIMIT))
         return view

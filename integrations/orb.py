@@ -215,8 +215,9 @@ class OrbBillingProvider:
 
     def scan_view(self, *, invoices: int, payment_days: int) -> OrbBillingProvider:
         """This client reading only what an anomaly scan needs: the newest `invoices` invoices
-        (one page) and their payment attempts (Orb reports payments on invoices); every lookup keeps the full history. The
-        view shares this client's HTTP client (its pacing, limits and counters) and caches."""
+        (one page) with their payment attempts (Orb's payments are on invoices); lookups keep
+        the full history. The view shares this client's HTTP client (pacing, limits, counters)
+        and caches."""
         view = copy.copy(self)
         view._invoice_count = max(1, min(invoices, PAGE_LIMIT))
         return view

@@ -341,8 +341,8 @@ class StripeBillingProvider:
 
     def scan_view(self, *, invoices: int, payment_days: int) -> StripeBillingProvider:
         """This client reading only what an anomaly scan needs: the newest `invoices` invoices
-        (one page) and `payment_days` of charges; every lookup keeps the full history. The
-        view shares this client's HTTP client (its pacing, limits and counters) and caches."""
+        (one page) and `payment_days` of charges; lookups keep the full history.
+        The view shares this client's HTTP client (pacing, limits, counters) and caches."""
         view = copy.copy(self)
         view._invoice_count = max(1, min(invoices, PAGE_LIMIT))
         view._payment_days = max(1, payment_days)
@@ -716,7 +716,8 @@ class StripeBillingProvider:
                 ("limit", str(self._invoice_count))])  # fmt: skip
         else:
             invoices_job = self._list_all("v1/invoices", [
-                ("customer", cid), ("created[gte]", since), ("expand[]", "data.payments")])  # fmt: skip
+                ("customer", cid), ("created[gte]", since),
+                ("expand[]", "data.payments")])  # fmt: skip
 
         # Round 1: everything that needs only the customer ID.
         round1: list[Awaitable[Any]] = [
