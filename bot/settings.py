@@ -85,6 +85,11 @@ class Settings(BaseSettings):
     scan_interval_minutes: int = 15
     #: Accounts one process scans at once (each holds one snapshot in memory).
     scan_concurrency: int = Field(default=32, ge=1, le=512)
+    #: Accounts per work item: the page a replica claims and scans as one.
+    scan_page_size: int = Field(default=100, ge=1, le=100)
+    #: Seconds a replica's claim on a page lasts without renewal: how soon a page whose
+    #: replica died is scanned by another (its coordinator is taken for dead after 2.5×).
+    scan_lease_seconds: float = Field(default=120.0, ge=0.5, le=3600)
     #: Alert thresholds (DESIGN §5 "default thresholds are configurable"); money in major units.
     alert_spike_min_impact: Decimal = Decimal(50)
     alert_spike_min_ratio: Decimal = Decimal("1.5")

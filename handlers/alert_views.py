@@ -235,9 +235,9 @@ def digest_row(alert: AlertRecord, anomaly: Anomaly) -> str:
 def digest_blocks(items: Sequence[tuple[AlertRecord, Anomaly]]) -> tuple[str, list[Block]]:
     """A burst of alerts as one message: one line each with a menu of the three actions."""
     shown = list(items[:DIGEST_MAX])
-    total = sum(
-        (i[1].impact.amount for i in items if i[1].currency == items[0][1].currency), Decimal(0)
-    )
+    totals: dict[str, Decimal] = {}  # per currency: amounts of two currencies never add up
+    for _alert, anomaly in items:
+        totals[anomaly.currency] = totals.get(anomaly.currency, Decimal(0)) + anomaly.impact.amount
     text = f"{len(items)} new billing alerts"
     blocks: list[Block] = [header(f":rotating_light: {text}")]
     for alert, anomaly in shown:
@@ -245,7 +245,9 @@ def digest_blocks(items: Sequence[tuple[AlertRecord, Anomaly]]) -> tuple[str, li
         block["accessory"] = _menu(alert.id)
         blocks.append(block)
     rest = len(items) - len(shown)
-    foot = f"Total impact {items[0][1].currency.upper()} {total.quantize(Decimal('0.01'))}"
+    foot = "Total impact " + " + ".join(
+        f"{cur.upper()} {total.quantize(Decimal('0.01'))}" for cur, total in totals.items()
+    )
     if rest > 0:
         foot += f" · {rest} more not shown: `/billing alerts`"
     blocks.append(context(foot + " · each alert's chart and details are in the thread"))
@@ -259,6 +261,7 @@ def escalation_blocks(
     why: str,
     from_severity: str | None,
     from_impact: str | None,
+    from_currency: str | None = None,
 ) -> tuple[str, list[Block]]:
     """The thread reply (also sent to the channel) when an alert got worse or a snooze ended."""
     if why == "remind":
@@ -269,7 +272,7 @@ def escalation_blocks(
     else:
         was = f"{from_severity or '?'}"
         if from_impact:
-            was += f", {anomaly.currency.upper()} {from_impact}"
+            was += f", {(from_currency or anomaly.currency).upper()} {from_impact}"
         text = (
             f"Got worse: {kind_label(anomaly.kind.value)} on {anomaly.account_id} is now "
             f"{anomaly.severity.value}, {anomaly.impact.format()} impact (was {was})."

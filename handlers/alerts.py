@@ -78,7 +78,12 @@ def scan_service(deps: Deps, *, holder: str | None = None) -> ScanService:
         holder=holder or (deps.scheduler.holder if deps.scheduler else "cli"),
         channel=deps.settings.oncall_channel,
         delivery=deps.delivery,
-        options=ScanOptions(accounts_in_flight=deps.settings.scan_concurrency),
+        options=ScanOptions(
+            accounts_in_flight=deps.settings.scan_concurrency,
+            page_size=deps.settings.scan_page_size,
+            item_lease=deps.settings.scan_lease_seconds,
+            stale_after=deps.settings.scan_lease_seconds * 2.5,
+        ),
         metrics=deps.metrics,
     )
 
@@ -185,6 +190,7 @@ def register(app: AsyncApp, deps: Deps) -> None:
             why=str(payload.get("why") or "escalate"),
             from_severity=payload.get("from_severity"),
             from_impact=payload.get("from_impact") or None,
+            from_currency=payload.get("from_currency") or None,
         )
         return RenderedMessage(text=text, blocks=blocks, broadcast=True)
 

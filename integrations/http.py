@@ -251,10 +251,11 @@ class RateLimiter:
 
     Virtual scheduling (GCRA): each caller reserves the next slot synchronously, so callers are
     served first come first served and a burst of up to `burst` requests may go at once after
-    a quiet spell. A 429 halves the rate (not below `min_rate`) and pauses every caller until the
-    provider's `Retry-After` has passed; each success then wins back a hundredth of the
-    configured rate, so a transient squeeze costs little and a persistent one settles below the
-    provider's real limit.
+    a quiet spell. A 429 halves the rate (not below `min_rate`; once per `Retry-After`, or per
+    second: callers refused together are one signal, and halving for each of them would drop
+    the rate to the floor) and pauses every caller until the provider's `Retry-After` has
+    passed; each success then wins back a hundredth of the configured rate, so a transient
+    squeeze costs little and a persistent one settles below the provider's real limit.
     """
 
     def __init__(
@@ -276,6 +277,7 @@ class RateLimiter:
         self._sleep = sleep
         self._tat = 0.0  # theoretical arrival time of the next request
         self._paused_until = 0.0
+        self._cool_until = 0.0  # no further halving before this
         #: 429s seen (for tests and /metrics).
         self.throttled = 0
 
@@ -297,9 +299,12 @@ class RateLimiter:
     def throttle(self, retry_after: float | None) -> None:
         """The provider said 429: slow down, and pause everyone until `retry_after` passed."""
         self.throttled += 1
-        self.rate = max(self.min_rate, self.rate / 2)
+        now = self._clock()
+        if now >= self._cool_until:
+            self.rate = max(self.min_rate, self.rate / 2)
+            self._cool_until = now + max(retry_after or 0.0, 1.0)
         pause = retry_after if retry_after is not None else 1.0 / self.rate
-        self._paused_until = max(self._paused_until, self._clock() + pause)
+        self._paused_until = max(self._paused_until, now + pause)
 
     def succeeded(self) -> None:
         """A request went through: recover towards the configured rate."""

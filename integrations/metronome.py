@@ -46,6 +46,7 @@ come from Stripe.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import re
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
@@ -184,6 +185,8 @@ class MetronomeBillingProvider:
         self._credit_product_id = credit_product_id
         self._usage_days = max(1, usage_days)
         self._invoice_days = max(1, invoice_days)
+        #: The newest invoices a snapshot reads instead of `invoice_days` of them (`scan_view`).
+        self._invoice_count: int | None = None
         # The sandbox world has its own "now"; production passes nothing and uses the wall clock.
         self._clock = clock or (lambda: datetime.now(UTC))
 
@@ -191,6 +194,14 @@ class MetronomeBillingProvider:
     def http(self) -> ProviderHttp:
         """The underlying HTTP client (call counters for /metrics)."""
         return self._http
+
+    def scan_view(self, *, invoices: int, payment_days: int) -> MetronomeBillingProvider:
+        """This client reading only what an anomaly scan needs: the newest `invoices` invoices
+        (one page) and their payments (Metronome's are on invoices); lookups keep the full history.
+        The view shares this client's HTTP client (pacing, limits, counters) and caches."""
+        view = copy.copy(self)
+        view._invoice_count = max(1, min(invoices, LIST_LIMIT))
+        return view
 
     async def aclose(self) -> None:
         """Release connections."""
@@ -308,6 +319,13 @@ class MetronomeBillingProvider:
         return items
 
     async def _list_invoices(self, customer_id: str, now: datetime) -> list[Mapping[str, Any]]:
+        if self._invoice_count is not None:  # the newest invoices: one page, newest first
+            query = {"limit": self._invoice_count, "sort": "date_desc"}
+            page = await self._http.request(
+                "GET", f"v1/customers/{customer_id}/invoices", params=query
+            )
+            data, _ = _page(page)
+            return data
         since = _midnight(now) - timedelta(days=self._invoice_days)
         params = {
             "limit": LIST_LIMIT,

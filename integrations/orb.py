@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import copy
 import dataclasses
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -189,6 +190,8 @@ class OrbBillingProvider:
         key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
         self.usage_days = usage_days
         self.invoice_days = invoice_days
+        #: The newest invoices a snapshot reads instead of `invoice_days` of them (`scan_view`).
+        self._invoice_count: int | None = None
         #: "Now" for history windows and past-due checks; the sandbox passes its world's clock.
         self._clock = clock or (lambda: datetime.now(UTC))
         self._http = ProviderHttp(
@@ -209,6 +212,15 @@ class OrbBillingProvider:
     def http(self) -> ProviderHttp:
         """The underlying HTTP client (call counters for /metrics)."""
         return self._http
+
+    def scan_view(self, *, invoices: int, payment_days: int) -> OrbBillingProvider:
+        """This client reading only what an anomaly scan needs: the newest `invoices` invoices
+        (one page) with their payment attempts (Orb's payments are on invoices); lookups keep
+        the full history. The view shares this client's HTTP client (pacing, limits, counters)
+        and caches."""
+        view = copy.copy(self)
+        view._invoice_count = max(1, min(invoices, PAGE_LIMIT))
+        return view
 
     async def aclose(self) -> None:
         """Close the connection pool."""
@@ -387,6 +399,14 @@ class OrbBillingProvider:
         return self._customer(_obj(body, "customer"))
 
     async def _list_invoices(self, customer_id: str, now: datetime) -> list[Mapping[str, Any]]:
+        if self._invoice_count is not None:  # the newest invoices: one page, newest first
+            query: list[tuple[str, str]] = [
+                ("customer_id", customer_id),
+                *(("status[]", s) for s in _INVOICE_STATUSES),
+                ("limit", str(self._invoice_count)),
+            ]
+            body = _obj(await self._http.request("GET", "invoices", params=query), "invoices")
+            return _items(body.get("data"), "invoices")
         since = (now - timedelta(days=self.invoice_days)).replace(microsecond=0)
         params: list[tuple[str, str]] = [
             ("customer_id", customer_id),

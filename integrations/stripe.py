@@ -41,6 +41,7 @@ effect: refunds of the payment, or balance transactions of the customer, whose
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import logging
 import re
@@ -327,6 +328,10 @@ class StripeBillingProvider:
         self._metadata_key = account_id_metadata_key
         self._usage_days = max(1, usage_days)
         self._history_days = max(1, history_days)
+        #: Days of charges a snapshot reads (`scan_view` narrows it), and the newest invoices
+        #: it reads instead of `history_days` of them (None: every invoice of the window).
+        self._payment_days = self._history_days
+        self._invoice_count: int | None = None
         self._clock = clock or (lambda: datetime.now(UTC))
         self._prices: dict[str, JSON] = {}
         self._meters: dict[str, tuple[float, JSON]] = {}  # ID -> (fetched at, meter)
@@ -335,6 +340,15 @@ class StripeBillingProvider:
     def http(self) -> ProviderHttp:
         """The HTTP client (for call counters)."""
         return self._http
+
+    def scan_view(self, *, invoices: int, payment_days: int) -> StripeBillingProvider:
+        """This client reading only what an anomaly scan needs: the newest `invoices` invoices
+        (one page) and `payment_days` of charges; lookups keep the full history.
+        The view shares this client's HTTP client (pacing, limits, counters) and caches."""
+        view = copy.copy(self)
+        view._invoice_count = max(1, min(invoices, PAGE_LIMIT))
+        view._payment_days = max(1, payment_days)
+        return view
 
     async def aclose(self) -> None:
         """Release connections."""
@@ -365,6 +379,10 @@ class StripeBillingProvider:
                 break
             cursor = str(data[-1]["id"])
         return items
+
+    async def _first_page(self, path: str, params: Sequence[tuple[str, str]]) -> list[JSON]:
+        """The objects of one page of a `list` endpoint (`params` carries its `limit`)."""
+        return _list_data(await self._get(path, params))
 
     async def _search(self, query: str) -> list[JSON]:
         page = await self._get(
@@ -727,17 +745,26 @@ class StripeBillingProvider:
         cid = customer.customer_id
         now = self._clock().astimezone(UTC)
         since = str(int((now - timedelta(days=self._history_days)).timestamp()))
+        paid_since = str(int((now - timedelta(days=self._payment_days)).timestamp()))
         raw_customer = dict(customer.raw) if customer.raw.get("object") == "customer" else None
+        invoices_job: Awaitable[list[JSON]]
+        if self._invoice_count is not None:  # the newest invoices: one page, newest first
+            invoices_job = self._first_page("v1/invoices", [
+                ("customer", cid), ("expand[]", "data.payments"),
+                ("limit", str(self._invoice_count))])  # fmt: skip
+        else:
+            invoices_job = self._list_all("v1/invoices", [
+                ("customer", cid), ("created[gte]", since),
+                ("expand[]", "data.payments")])  # fmt: skip
 
         # Round 1: everything that needs only the customer ID.
         round1: list[Awaitable[Any]] = [
             self._list_all("v1/subscriptions", [
                 ("customer", cid), ("status", "all"),
                 ("expand[]", "data.items.data.price.product")]),
-            self._list_all("v1/invoices", [
-                ("customer", cid), ("created[gte]", since), ("expand[]", "data.payments")]),
+            invoices_job,
             self._list_all("v1/charges", [
-                ("customer", cid), ("created[gte]", since), ("expand[]", "data.refunds")]),
+                ("customer", cid), ("created[gte]", paid_since), ("expand[]", "data.refunds")]),
         ]  # fmt: skip
         if raw_customer is None:
             round1.append(self._get(f"v1/customers/{quote(cid, safe='')}"))

@@ -2,7 +2,9 @@
 
 Deterministic and plain: no wrapping, no ANSI escapes unless `color=True`. Slack's `mrkdwn` markup
 is made readable (`<url|label>` → `label (url)`, `<@U1>` → `@U1`, `&amp;` → `&`, …); buttons are
-shown as `[Approve] [Deny]` and listed by `buttons()` so the shell can click them.
+shown as `[Approve] [Deny]` and listed by `buttons()` so the shell can click them; the options of
+overflow and select menus (a digest's per-alert actions) are shown as `[⋯ Acknowledge | …]` and
+listed by `menu_options()`, so the shell can choose them too.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from integrations.sandbox.slack import SlackCall
 
 __all__ = [
     "ButtonRef",
+    "MenuOption",
     "button_refs",
     "buttons",
     "describe_call",
+    "menu_options",
     "mrkdwn_to_text",
     "render_call",
     "render_message",
@@ -169,7 +173,8 @@ def _element_text(el: Any, *, color: bool) -> str:
         label = _text_of(el.get("text"))
         return _paint(f"[{label}]", _BOLD, color=color and el.get("style") == "primary")
     if kind == "overflow":
-        return "[…]"
+        options = [_text_of(o.get("text")) for o in el.get("options") or [] if isinstance(o, dict)]
+        return f"[⋯ {' | '.join(options)}]" if options else "[…]"
     if kind == "image":
         return f"[image: {el.get('alt_text', '')}]"
     placeholder = _text_of(el.get("placeholder"))
@@ -314,6 +319,57 @@ def button_refs(blocks: list[Any] | None) -> list[ButtonRef]:
                         block_id=block.get("block_id"),
                         url=el.get("url"),
                         style=el.get("style"),
+                    )
+                )
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class MenuOption:
+    """One option of an overflow or select menu found in blocks: what choosing it sends."""
+
+    #: The option, and what its menu is about (the start of the section it sits in).
+    text: str
+    action_id: str
+    value: str | None
+    block_id: str | None
+    #: `overflow` or `static_select`: the action's type in a `block_actions` payload.
+    element: str
+    option: dict[str, Any]
+
+
+_MENUS = ("overflow", "static_select")
+
+
+def menu_options(blocks: list[Any] | None) -> list[MenuOption]:
+    """Every option of every overflow or select menu in `blocks`, in display order; each is
+    labelled with its option text and the start of its section's text."""
+    found: list[MenuOption] = []
+    for block in blocks or []:
+        if not isinstance(block, dict):
+            continue
+        if block.get("type") == "actions":
+            elements, about = block.get("elements") or [], ""
+        elif block.get("type") == "section":
+            elements = [block.get("accessory")]
+            about = mrkdwn_to_text(_text_of(block.get("text"))).split("\n")[0].strip()
+        else:
+            continue
+        for el in elements:
+            if not isinstance(el, dict) or el.get("type") not in _MENUS:
+                continue
+            for option in el.get("options") or []:
+                if not isinstance(option, dict):
+                    continue
+                label = _text_of(option.get("text"))
+                found.append(
+                    MenuOption(
+                        text=f"{label} · {about[:48]}" if about else label,
+                        action_id=str(el.get("action_id", "")),
+                        value=option.get("value"),
+                        block_id=block.get("block_id"),
+                        element=str(el["type"]),
+                        option=option,
                     )
                 )
     return found

@@ -25,7 +25,13 @@ from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.app import build_app, deps_of, shutdown, startup
-from bot.console.render import buttons, describe_call, render_message, render_view
+from bot.console.render import (
+    buttons,
+    describe_call,
+    menu_options,
+    render_message,
+    render_view,
+)
 from bot.errors import BotError
 from bot.settings import Settings
 from integrations.sandbox.slack import LocalSlack, SlackCall
@@ -172,6 +178,22 @@ class LocalSession:
             return Outcome(f"No such button. Buttons: {names or 'none'}", 2)
         text, action_id, value, source = choice
         self._counter += 1
+        action: dict[str, Any] = {
+            "type": "button",
+            "action_id": action_id,
+            "block_id": source.get("block_id", "b"),
+            "value": value or "",
+            "text": {"type": "plain_text", "text": text},
+            "action_ts": f"{time.time():.6f}",
+        }
+        if source.get("element"):  # a menu's option: Slack sends the option chosen
+            action = {
+                "type": source["element"],
+                "action_id": action_id,
+                "block_id": source.get("block_id", "b"),
+                "selected_option": source["option"],
+                "action_ts": f"{time.time():.6f}",
+            }
         payload = {
             "type": "block_actions",
             "user": {
@@ -187,16 +209,7 @@ class LocalSession:
             or self.slack.response_url(f"act{self._counter}"),
             "container": source.get("container", {"type": "message", "is_ephemeral": True}),
             "channel": {"id": source.get("channel", SHELL_CHANNEL), "name": "billing-shell"},
-            "actions": [
-                {
-                    "type": "button",
-                    "action_id": action_id,
-                    "block_id": source.get("block_id", "b"),
-                    "value": value or "",
-                    "text": {"type": "plain_text", "text": text},
-                    "action_ts": f"{time.time():.6f}",
-                }
-            ],
+            "actions": [action],
         }
         if "message" in source:
             payload["message"] = source["message"]
@@ -355,6 +368,10 @@ class LocalSession:
                 "b",
             )
             self._last_buttons.append((text, action_id, value, {**source, "block_id": block_id}))
+        for menu in menu_options(blocks):
+            extra = {"block_id": menu.block_id or "b", "element": menu.element,
+                     "option": menu.option}  # fmt: skip
+            self._last_buttons.append((menu.text, menu.action_id, menu.value, {**source, **extra}))
 
     def _exit_code(self) -> int:
         assert self.app is not None

@@ -60,6 +60,21 @@ class CustomerLister(Protocol):
 
 
 @runtime_checkable
+class ScanScoped(Protocol):
+    """A provider that can read less per account for an anomaly scan than a lookup reads.
+
+    Separate from `BillingProvider` (fakes that only look accounts up need not implement it);
+    the scan uses the view when a provider offers one."""
+
+    name: ProviderName
+
+    def scan_view(self, *, invoices: int, payment_days: int) -> BillingProvider:
+        """The same provider reading only the newest `invoices` invoices and `payment_days`
+        days of payments per snapshot (usage as configured), sharing its HTTP client."""
+        ...
+
+
+@runtime_checkable
 class PaymentOwners(Protocol):
     """A provider that can say whose payment a charge is (a Stripe dispute names only its
     charge)."""

@@ -596,6 +596,8 @@ class AlertRecord:
     last_run_id: int | None = None
     notified_severity: str | None = None
     notified_impact: Decimal | None = None
+    #: The currency of `notified_impact` (None when stored before it was recorded: the alert's).
+    notified_currency: str | None = None
     notified_at: datetime | None = None
     notify_count: int = 0
     status_by: str | None = None
@@ -668,9 +670,11 @@ class Alerts(Protocol):
         ...
 
     async def mark_notified(
-        self, alert_id: int, *, severity: str, impact: Decimal, now: datetime
-    ) -> None:
-        """Record that on-call was told about the alert at this severity and impact."""
+        self, alert_id: int, *, severity: str, impact: Decimal, now: datetime,
+        currency: str | None = None,
+    ) -> None:  # fmt: skip
+        """Record that on-call was told about the alert at this severity and impact (in
+        `currency`)."""
         ...
 
     async def set_status(
@@ -782,6 +786,10 @@ class Scans(Protocol):
         """Every page is queued (`failures`: providers whose listing failed, and why)."""
         ...
 
+    async def pending_items(self, run_id: int) -> int:
+        """Items of the run nobody has claimed yet (the listing waits while enough are)."""
+        ...
+
     async def claim_item(
         self, *, holder: str, now: datetime, lease: float, run_id: int | None = None
     ) -> ScanItem | None:
@@ -800,8 +808,12 @@ class Scans(Protocol):
         """Record the item's outcome; False when `holder` no longer held it."""
         ...
 
-    async def claim_account(self, run_id: int, account_key: str, *, item_id: int) -> bool:
-        """Take `account_key` for `item_id` in this run; False when another item has it."""
+    async def claim_accounts(
+        self, run_id: int, account_keys: Sequence[str], *, item_id: int
+    ) -> set[str]:
+        """Take the free keys of `account_keys` for `item_id` at once (one account, one scan:
+        the other pages skip them); the keys `item_id` holds, taken now or by an earlier
+        attempt at the same item (whose holder died)."""
         ...
 
     async def state(self, run_id: int) -> ScanRunState | None:
@@ -809,7 +821,8 @@ class Scans(Protocol):
         ...
 
     async def finish_if_complete(self, run_id: int, *, now: datetime) -> bool:
-        """Mark the run done when it is listed and no item is left; True when it is done."""
+        """Mark the run done when it is listed and no item is left; True when the run is over
+        (done, or abandoned because its coordinator was taken for dead)."""
         ...
 
     async def prune(self, *, older_than: datetime) -> int:

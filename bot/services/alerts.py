@@ -7,7 +7,9 @@ Notification rules (each decision is one unit of work with the alert's state cha
 - a new alert is posted to `ONCALL_CHANNEL` (`alert:<id>`, digest key `oncall:<channel>`, so a
   burst of new alerts becomes one digest message);
 - a known alert is re-notified only when it got **worse** than what on-call was last told: a
-  higher severity, or an impact at least `ESCALATE_IMPACT_RATIO` (1.25×) the notified one. Then
+  higher severity, or an impact at least `ESCALATE_IMPACT_RATIO` (1.25×) the notified one in
+  the same currency (amounts of two currencies are never compared: a currency change alone is
+  not worse). Then
   the original message is updated to the current figures and a reply is posted in its thread,
   also sent to the channel (so it notifies like a new post but keeps the alert's history in
   one place). An acknowledged alert that gets worse opens again;
@@ -84,12 +86,19 @@ def is_worse(
     *,
     notified_severity: str | None,
     notified_impact: Decimal | None,
+    currency: str | None = None,
+    notified_currency: str | None = None,
 ) -> bool:
-    """True when (severity, impact) is worse than what on-call was told (never told: True)."""
+    """True when (severity, impact) is worse than what on-call was told (never told: True).
+
+    Impacts compare only in one currency: when the alert's currency changed since on-call was
+    told, only a higher severity makes it worse (no exchange rate is guessed)."""
     if notified_severity is None:
         return True
     if SEVERITY_RANK.get(severity, 0) > SEVERITY_RANK.get(notified_severity, 0):
         return True
+    if currency and notified_currency and currency.lower() != notified_currency.lower():
+        return False
     if notified_impact is None or notified_impact <= 0:
         return impact > 0
     return impact >= notified_impact * ESCALATE_IMPACT_RATIO
@@ -155,12 +164,15 @@ async def _notify(
                     "why": why,
                     "from_severity": alert.notified_severity,
                     "from_impact": str(alert.notified_impact or ""),
+                    "from_currency": alert.notified_currency or "",
                 },
             ),
             now=now,
         )
         done = why
-    await uow.alerts.mark_notified(alert.id, severity=alert.severity, impact=alert.impact, now=now)
+    await uow.alerts.mark_notified(
+        alert.id, severity=alert.severity, impact=alert.impact, now=now, currency=alert.currency
+    )
     return done
 
 
@@ -193,6 +205,9 @@ async def record_anomaly(
         draft.impact,
         notified_severity=found.notified_severity,
         notified_impact=found.notified_impact,
+        currency=draft.currency,
+        # Stored before currencies were kept: the alert's currency when it was last seen.
+        notified_currency=found.notified_currency or found.currency,
     )
     reopen: str | None = None
     why = "escalate"

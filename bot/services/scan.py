@@ -5,22 +5,28 @@ How a scan runs — the same code for the CLI, one replica and many:
 
 1. The **coordinator** (the CLI, or the replica holding the `job:scan` lease) creates a scan run
    and lists each provider's customers page by page (`CustomerLister.customer_pages`), storing
-   each page as a **work item**. Only one page is in memory at a time.
+   each page as a **work item**; it stays at most `list_ahead` unclaimed pages ahead of the
+   workers, so neither memory nor the database holds every account. It beats a heartbeat all
+   through the run: a run whose coordinator went silent is abandoned by the next scan.
 2. **Workers** claim items (`FOR UPDATE SKIP LOCKED` on PostgreSQL, a lease that expires so a
    dead replica's item is claimed again) and scan their accounts. The coordinator is a worker
    too; on PostgreSQL every replica's `scan-worker` job helps with the running scan.
-3. **One account, one scan**: an account in several providers appears on several pages. Before
-   scanning, a worker claims the account key (our account ID, else `provider:customer_id`) for
-   its item in `scan_accounts`; the other pages skip it. The claimer finds the account's
-   customers in the other providers by account ID and merges them into one snapshot. A retried
-   item (its first holder died) re-claims its own accounts.
-4. Provider calls go through an **AIMD limiter per provider**: the window of calls in flight
+3. **One account, one scan**: an account in several providers appears on several pages. A worker
+   claims the account keys of its page at once (our account ID, else `provider:customer_id`) in
+   `scan_accounts`; the other pages skip them. The claimer finds the account's customers in the
+   other providers by account ID and merges them into one snapshot. A retried item (its first
+   holder died) re-claims its own accounts. A quiet account costs the database nothing more.
+4. Snapshots are read through each provider's **scan view** (`ScanScoped`): the usage baseline,
+   the newest `SCAN_INVOICES` invoices and `SCAN_PAYMENT_DAYS` of payments, not a lookup's 13
+   months; the view shares the client's HTTP pacing and catalogue caches.
+5. Provider calls go through an **AIMD limiter per provider**: the window of calls in flight
    halves when the provider answers 429 (at most once per `Retry-After`, or per second), and
-   grows by one per window of successful calls. The HTTP policy retries each 429 after its
-   `Retry-After`; an account whose calls still fail is retried later in the same item (after
-   the rest of the page, `account_attempts` times); one that finally fails is reported (the run
-   is then incomplete; the CLI's exit code says so).
-5. The run is done when it is listed and no item is left; its totals are the items' totals.
+   grows by one per window of successful calls. Below it the HTTP layer paces requests at the
+   provider's rate (`ProviderHttp(rate=…)`, itself halved by a 429) and retries each 429 after
+   its `Retry-After`; an account whose calls still fail is retried later in the same item
+   (after the rest of the page, `account_attempts` times); one that finally fails is reported
+   (the run is then incomplete; the CLI's exit code says so).
+6. The run is done when it is listed and no item is left; its totals are the items' totals.
 """
 
 from __future__ import annotations
@@ -44,12 +50,21 @@ from bot.domain.models import (
     ProviderSnapshot,
 )
 from bot.domain.money import Money
-from bot.domain.ports import BillingProvider, CustomerLister, MessageDelivery
+from bot.domain.ports import BillingProvider, CustomerLister, MessageDelivery, ScanScoped
 from bot.domain.records import ScanItem, ScanRunState, Store
 from bot.errors import ProviderError, ProviderRateLimited
 from bot.services.alerts import record_anomaly, suppressions_of
 
 log = logging.getLogger("bot.scan")
+
+
+#: Invoices a scan reads per account and provider (lookups read 13 months): the newest one
+#: checked for a jump, the seven before it its baseline reads (their median and the growth of
+#: the last six months), an upcoming draft, and one spare for a one-off invoice in between.
+SCAN_INVOICES = 10
+#: Days of payments a scan reads: failures and duplicate charges alert within days, and a
+#: dispute is usually opened within 120 days of its charge (later ones arrive by webhook).
+SCAN_PAYMENT_DAYS = 180
 
 
 def usage_days_needed(config: DetectorConfig) -> int:
@@ -107,7 +122,9 @@ class AimdLimiter:
     async def __aexit__(self, *exc: object) -> None:
         async with self._changed:
             self.in_flight -= 1
-            self._changed.notify_all()
+            # Wake only as many waiters as there are free slots (not all of them: dozens of
+            # waiters re-checking after every call would cost more than the calls).
+            self._changed.notify(max(1, int(self.window) - self.in_flight))
 
     def succeeded(self) -> None:
         """One call went through: grow by one per window of calls."""
@@ -223,14 +240,17 @@ class _AccountFailed(Exception):
 
 @dataclass(frozen=True, slots=True)
 class ScanOptions:
-    """Knobs of a scan (settings `SCAN_CONCURRENCY`, `SCAN_PAGE_SIZE`)."""
+    """Knobs of a scan (settings `SCAN_CONCURRENCY`, `SCAN_PAGE_SIZE`, `SCAN_LEASE_SECONDS`)."""
 
     page_size: int = 100
+    #: The listing stays at most this many unclaimed pages ahead of the workers: the database
+    #: holds a few pages, not every account, and an account is scanned soon after it was listed.
+    list_ahead: int = 4
     #: Accounts scanned at once by this process (bounds memory: one snapshot each).
     accounts_in_flight: int = 32
     #: Starting and largest AIMD window per provider (calls in flight).
     initial_window: int = 8
-    max_window: int = 32
+    max_window: int = 64
     #: Tries per account within an item (the first and the later retries).
     account_attempts: int = 3
     #: Seconds a claimed item stays ours without renewal (renewed every third of it).
@@ -259,6 +279,16 @@ class ScanService:
     ) -> None:
         self.store = store
         self.providers = dict(providers)
+        #: What snapshots are read through: each provider's scan view when it has one (the
+        #: recent window only), sharing the provider's HTTP client, pacing and caches.
+        self.readers: dict[str, BillingProvider] = {
+            name: (
+                p.scan_view(invoices=SCAN_INVOICES, payment_days=SCAN_PAYMENT_DAYS)
+                if isinstance(p, ScanScoped)
+                else p
+            )
+            for name, p in self.providers.items()
+        }
         self.config = config
         self.holder = holder
         self.channel = channel
@@ -301,14 +331,16 @@ class ScanService:
         if abandoned:
             log.warning("abandoned scans whose coordinator died", extra={"runs": abandoned})
         listing = asyncio.create_task(self._list(run_id), name=f"scan-list:{run_id}")
+        beating = asyncio.create_task(self._beat(run_id), name=f"scan-beat:{run_id}")
         try:
             await self._work(run_id=run_id, until_done=listing, on_progress=on_progress)
             await listing
             await self._await_completion(run_id, on_progress=on_progress)
         finally:
-            if not listing.done():
-                listing.cancel()
-                await asyncio.gather(listing, return_exceptions=True)
+            for task in (listing, beating):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(listing, beating, return_exceptions=True)
         async with self.store.uow() as uow:
             state = await uow.scans.state(run_id)
         assert state is not None
@@ -334,11 +366,23 @@ class ScanService:
 
     # -- coordinator ---------------------------------------------------------------------------
 
+    async def _beat(self, run_id: int) -> None:
+        """Tell other replicas this coordinator is alive, all through the run (a run whose
+        coordinator stops beating for `stale_after` is abandoned by the next scan)."""
+        every = max(0.05, min(10.0, self.options.stale_after / 5))
+        while True:
+            await asyncio.sleep(every)
+            try:
+                async with self.store.uow() as uow:
+                    await uow.scans.heartbeat(run_id, now=self.clock())
+                    await uow.commit()
+            except Exception:  # a database hiccup: the next beat tries again
+                log.warning("scan heartbeat failed", extra={"run": run_id}, exc_info=True)
+
     async def _list(self, run_id: int) -> None:
         """Store every provider's customers as work items, a page at a time."""
         failures: dict[str, str] = {}
         seq = 0
-        last_beat = time.monotonic()
         for name in [p for p in PROVIDERS if p in self.providers]:
             provider = self.providers[name]
             if not isinstance(provider, CustomerLister):
@@ -348,6 +392,7 @@ class ScanService:
                 async for page in provider.customer_pages(page_size=self.options.page_size):
                     self.limiters[name].succeeded()
                     seq += 1
+                    await self._wait_for_room(run_id)
                     async with self.store.uow() as uow:
                         await uow.scans.add_item(
                             run_id,
@@ -355,9 +400,6 @@ class ScanService:
                             seq=seq,
                             customers=[customer_to_json(c) for c in page],
                         )
-                        if time.monotonic() - last_beat > 10:
-                            await uow.scans.heartbeat(run_id, now=self.clock())
-                            last_beat = time.monotonic()
                         await uow.commit()
                     self.progress.listed += len(page)
             except ProviderError as exc:
@@ -370,16 +412,25 @@ class ScanService:
             await uow.commit()
         self.progress.listing_done = True
 
+    async def _wait_for_room(self, run_id: int) -> None:
+        """Hold the listing while `list_ahead` pages are waiting for a worker."""
+        while True:
+            async with self.store.uow() as uow:
+                waiting = await uow.scans.pending_items(run_id)
+            if waiting < max(1, self.options.list_ahead):
+                return
+            await asyncio.sleep(0.25)
+
     async def _await_completion(
         self, run_id: int, *, on_progress: Callable[[Progress], None] | None
     ) -> None:
-        """Wait for items other replicas hold (claiming any whose holder died)."""
+        """Wait for items other replicas hold (claiming any whose holder died); return when the
+        run is over (done, or abandoned by a scan that took this one for dead)."""
         while True:
             async with self.store.uow() as uow:
-                done = await uow.scans.finish_if_complete(run_id, now=self.clock())
-                await uow.scans.heartbeat(run_id, now=self.clock())
+                over = await uow.scans.finish_if_complete(run_id, now=self.clock())
                 await uow.commit()
-            if done:
+            if over:
                 return
             item = await self._claim(run_id)
             if item is not None:
@@ -426,9 +477,17 @@ class ScanService:
         renew = asyncio.create_task(self._renew(item), name=f"scan-item:{item.id}")
         try:
             account_ids = [c.account_id for c in customers if c.account_id]
+            # One transaction per page, not per account: the page's suppressions, and its
+            # accounts claimed at once (one account, one scan); the other pages skip them.
             async with self.store.uow() as uow:
                 suppressions = suppressions_of(await uow.alerts.suppressions(account_ids))
-            pending = list(customers)
+                mine = await uow.scans.claim_accounts(
+                    item.run_id, [account_key(c) for c in customers], item_id=item.id
+                )
+                await uow.commit()
+            pending = [c for c in customers if account_key(c) in mine]
+            result.skipped = len(customers) - len(pending)
+            self.progress.skipped += result.skipped
             for attempt in range(self.options.account_attempts):
                 failed: list[tuple[CustomerRecord, _AccountFailed]] = []
 
@@ -490,28 +549,21 @@ class ScanService:
         suppressions: Sequence[Any],
         result: _ItemResult,
     ) -> None:
-        key = account_key(customer)
-        async with self.store.uow() as uow:
-            mine = await uow.scans.claim_account(item.run_id, key, item_id=item.id)
-            await uow.commit()
-        if not mine:
-            result.skipped += 1
-            self.progress.skipped += 1
-            return
         snapshot = await self._snapshot(customer)
         found = detect(snapshot, config=self.config, today=item.today, suppressions=suppressions)
         channel = self.channel if item.post else None
         told = False
         now = self.clock()
-        async with self.store.uow() as uow:
-            for anomaly in found.anomalies:
-                recorded = await record_anomaly(
-                    uow, anomaly, source="scan", now=now, channel=channel, run_id=item.run_id
-                )
-                result.alerts += 1
-                result.new_alerts += int(recorded.new)
-                told = told or recorded.notified is not None
-            await uow.commit()
+        if found.anomalies:  # a quiet account costs the database nothing
+            async with self.store.uow() as uow:
+                for anomaly in found.anomalies:
+                    recorded = await record_anomaly(
+                        uow, anomaly, source="scan", now=now, channel=channel, run_id=item.run_id
+                    )
+                    result.alerts += 1
+                    result.new_alerts += int(recorded.new)
+                    told = told or recorded.notified is not None
+                await uow.commit()
         if told and self.delivery is not None:
             self.delivery.wake()
         if self.metrics is not None:
@@ -551,7 +603,7 @@ class ScanService:
             others = [n for n in self.providers if n != customer.provider]
 
             async def find(name: str) -> None:
-                provider = self.providers[name]
+                provider = self.readers[name]
                 found: list[CustomerRecord] = await self._call(
                     name,
                     lambda: provider.find_customers(
@@ -566,7 +618,7 @@ class ScanService:
         snaps: dict[str, ProviderSnapshot] = {}
 
         async def snap(name: str, record: CustomerRecord) -> None:
-            provider = self.providers[name]
+            provider = self.readers[name]
             snaps[name] = await self._call(name, lambda: provider.get_snapshot(record))
 
         await _all(snap(n, r) for n, r in records.items())

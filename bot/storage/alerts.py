@@ -61,13 +61,23 @@ def _alert(row: AlertRow) -> AlertRecord:
         last_seen_at=row.last_seen_at,
         last_run_id=row.last_run_id,
         notified_severity=row.notified_severity,
-        notified_impact=Decimal(row.notified_impact) if row.notified_impact else None,
+        notified_impact=_notified(row.notified_impact)[0],
+        notified_currency=_notified(row.notified_impact)[1],
         notified_at=row.notified_at,
         notify_count=row.notify_count,
         status_by=row.status_by,
         status_at=row.status_at,
         snoozed_until=row.snoozed_until,
     )
+
+
+def _notified(stored: str | None) -> tuple[Decimal | None, str | None]:
+    """(amount, currency) of a stored `notified_impact`: "<amount> <currency>", or a bare
+    amount (no currency known)."""
+    if not stored:
+        return None, None
+    amount, _, currency = stored.partition(" ")
+    return Decimal(amount), (currency or None)
 
 
 def _draft_values(draft: AlertDraft) -> dict[str, Any]:
@@ -145,15 +155,18 @@ class SqlAlerts:
         await self._session.execute(update(AlertRow).where(AlertRow.id == alert_id).values(values))
 
     async def mark_notified(
-        self, alert_id: int, *, severity: str, impact: Decimal, now: datetime
-    ) -> None:
-        """Record that on-call was told about the alert at this severity and impact."""
+        self, alert_id: int, *, severity: str, impact: Decimal, now: datetime,
+        currency: str | None = None,
+    ) -> None:  # fmt: skip
+        """Record that on-call was told about the alert at this severity and impact (its
+        currency kept with the amount, in the same column: escalation never compares amounts
+        of two currencies)."""
         await self._session.execute(
             update(AlertRow)
             .where(AlertRow.id == alert_id)
             .values(
                 notified_severity=severity,
-                notified_impact=str(impact),
+                notified_impact=f"{impact} {currency}" if currency else str(impact),
                 notified_at=now,
                 notify_count=AlertRow.notify_count + 1,
             )
@@ -358,6 +371,15 @@ class SqlScans:
             .values(listed_at=now, list_failures=dict(failures), heartbeat_at=now)
         )
 
+    async def pending_items(self, run_id: int) -> int:
+        """Items of the run nobody has claimed yet."""
+        found = await self._session.scalar(
+            select(func.count())
+            .select_from(ScanItemRow)
+            .where(ScanItemRow.run_id == run_id, ScanItemRow.status == "pending")
+        )
+        return int(found or 0)
+
     async def claim_item(
         self, *, holder: str, now: datetime, lease: float, run_id: int | None = None
     ) -> ScanItem | None:
@@ -426,30 +448,35 @@ class SqlScans:
                 ScanItemRow.status == "claimed",
                 ScanItemRow.claimed_by == holder[:64],
             )
-            .values(
-                status="done", finished_at=now, claimed_by=None, lease_until=None,
+            .values(  # claimed_by stays: who did the item (a retried item: its last holder)
+                status="done", finished_at=now, lease_until=None,
                 accounts=accounts, skipped=skipped, alerts=alerts, new_alerts=new_alerts,
                 failed={"accounts": list(failed)},
             )
         )  # fmt: skip
         return rowcount(result) == 1
 
-    async def claim_account(self, run_id: int, account_key: str, *, item_id: int) -> bool:
-        """Take `account_key` for `item_id`; True too when this item took it before (a retry
-        of an item whose first holder died)."""
-        statement = (
+    async def claim_accounts(
+        self, run_id: int, account_keys: Sequence[str], *, item_id: int
+    ) -> set[str]:
+        """Take every free key of `account_keys` for `item_id` in one statement; the keys the
+        item holds (those it took now or before: a retry of an item whose holder died)."""
+        keys = list(dict.fromkeys(k[:255] for k in account_keys))
+        if not keys:
+            return set()
+        await self._session.execute(
             dialect_insert(self._session, ScanAccountRow)
-            .values(run_id=run_id, account_key=account_key[:255], item_id=item_id)
+            .values([{"run_id": run_id, "account_key": k, "item_id": item_id} for k in keys])
             .on_conflict_do_nothing(index_elements=["run_id", "account_key"])
         )
-        if rowcount(await self._session.execute(statement)) == 1:
-            return True
-        owner = await self._session.scalar(
-            select(ScanAccountRow.item_id).where(
-                ScanAccountRow.run_id == run_id, ScanAccountRow.account_key == account_key[:255]
+        mine = await self._session.scalars(
+            select(ScanAccountRow.account_key).where(
+                ScanAccountRow.run_id == run_id,
+                ScanAccountRow.item_id == item_id,
+                ScanAccountRow.account_key.in_(keys),
             )
         )
-        return owner == item_id
+        return set(mine)
 
     async def state(self, run_id: int) -> ScanRunState | None:
         """The run and its totals."""
@@ -484,7 +511,8 @@ class SqlScans:
         )  # fmt: skip
 
     async def finish_if_complete(self, run_id: int, *, now: datetime) -> bool:
-        """Mark the run done when it is listed and no item is left."""
+        """Mark the run done when it is listed and no item is left; True when the run is over
+        (done now or before, or abandoned)."""
         left = (
             select(ScanItemRow.id)
             .where(ScanItemRow.run_id == run_id, ScanItemRow.status.in_(["pending", "claimed"]))
@@ -505,7 +533,7 @@ class SqlScans:
         status = await self._session.scalar(
             select(ScanRunRow.status).where(ScanRunRow.id == run_id)
         )
-        return status == "done"
+        return status != "running"
 
     async def prune(self, *, older_than: datetime) -> int:
         """Forget finished runs started before `older_than`."""

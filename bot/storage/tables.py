@@ -272,6 +272,7 @@ class AlertRow(Base):
     last_seen_at: Mapped[datetime]
     last_run_id: Mapped[int | None]
     notified_severity: Mapped[str | None] = mapped_column(String(8))
+    #: "<amount> <currency>" (or a bare amount, stored before the currency was kept).
     notified_impact: Mapped[str | None] = mapped_column(String(40))
     notified_at: Mapped[datetime | None]
     notify_count: Mapped[int]

@@ -45,7 +45,11 @@ def story_alerts(world: SandboxWorld) -> dict[str, set[Label]]:
     - globex: its latest invoice (2 days old) paid again 5 h 13 min after it was finalized;
     - contoso: its latest invoice (8 days old) declined on finalizing, then twice more, and
       still unpaid: the failure is dated by the first decline;
-    - fabrikam: a dispute opened 2 days before `now`.
+    - fabrikam: a dispute opened 2 days before `now`;
+    - massive: its latest invoice (3 days old) costs what the ones before did, but only because
+      the prepaid commit paid for AI inference doubling: compared before credits (as the
+      detector compares), it is an invoice jump, and on-call should hear the commit will run
+      out months early.
 
     The other stories are tricky non-anomalies: a plan change with prorations (initech), an
     expired coupon (hooli), a contract amendment's new line (tyrell), a tax change (soylent),
@@ -87,6 +91,8 @@ def story_alerts(world: SandboxWorld) -> dict[str, set[Label]]:
         out["acct_contoso"] = {("payment_failed", days_ago(latest("acct_contoso")))}
     if world.account("acct_fabrikam") is not None:
         out["acct_fabrikam"] = {("dispute_opened", days_ago(2))}
+    if world.account("acct_massive") is not None:
+        out["acct_massive"] = {("invoice_jump", days_ago(latest("acct_massive")))}
     return out
 
 

@@ -275,6 +275,8 @@ class MetronomeSandboxServer:
         #: The write overlay: customer-level credits made here, per customer ID.
         self._credits: dict[str, list[dict[str, Any]]] = {}
         self._mint_seq = 0
+        #: Ingest alias (an account ID, or a lower-cased email) -> Metronome customer IDs.
+        self._aliases: dict[str, list[str]] | None = None
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = [
             ("GET", re.compile(r"^/v1/customers/?$"), self._list_customers),
             ("GET", re.compile(r"^/v1/customers/(?P<customer_id>[^/]+)$"), self._get_customer),
@@ -347,15 +349,20 @@ class MetronomeSandboxServer:
     def _alias_candidates(self, alias: str) -> list[str]:
         """Customer IDs that may carry `alias`: the sandbox's ingest aliases are the account ID
         and the billing email, so only the accounts with that ID or email are built."""
-        wanted = alias.lower()
-        accounts = [a for a in self._world.accounts if a.metronome_customer_id]
-        if not all(isinstance(getattr(a, "email", None), str) for a in accounts):
-            return sorted(self._customer_ids())  # a world without emails: look at every one
-        return sorted(
-            str(a.metronome_customer_id).lower()
-            for a in accounts
-            if a.account_id == alias or str(getattr(a, "email", "")).lower() == wanted
-        )
+        if self._aliases is None:
+            accounts = [a for a in self._world.accounts if a.metronome_customer_id]
+            if not all(isinstance(getattr(a, "email", None), str) for a in accounts):
+                return sorted(self._customer_ids())  # a world without emails: look at every one
+            # Built once (the world's index never changes): a lookup is then a dictionary read.
+            aliases: dict[str, list[str]] = {}
+            for a in accounts:
+                cid = str(a.metronome_customer_id).lower()
+                email = str(getattr(a, "email", "")).lower()
+                for key in dict.fromkeys((a.account_id, f"@{email}")):
+                    aliases.setdefault(key, []).append(cid)
+            self._aliases = aliases
+        found = {*self._aliases.get(alias, ()), *self._aliases.get(f"@{alias.lower()}", ())}
+        return sorted(found)
 
     # --- customers ---------------------------------------------------------------------------
 
@@ -380,6 +387,7 @@ class MetronomeSandboxServer:
         while position < len(ids) and len(page) < limit:
             data = self._data_of(ids[position])
             position += 1
+            await asyncio.sleep(0)  # generating a page of accounts takes a while: let others in
             if data is None:
                 continue
             customer = data.customer

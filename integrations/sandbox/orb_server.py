@@ -379,11 +379,24 @@ class OrbSandboxServer:
             # Unfiltered: page over the account index and build only the page's customers, so
             # listing 10,000 customers never holds them all (the order is the world's, stable).
             ids = list(self._account_of.values())
+            await self._build_page(ids, request)
             return _page(_LazyCustomers(self.world, ids), request)
         items = [d.customer for d in self._all_data()]
         items = _filter_times(items, "created_at", request)
         items.sort(key=lambda c: str(c.get("created_at", "")), reverse=True)
         return _page(items, request)
+
+    async def _build_page(self, account_ids: list[str], request: WireRequest) -> None:
+        """Generate the accounts a customer page shows, letting other requests through between
+        them (a page of 100 new accounts takes a while); `_page` validates the request."""
+        try:
+            offset = _decode_cursor(request.q("cursor"))
+            limit = int(request.q("limit") or DEFAULT_LIMIT)
+        except (ValueError, OrbApiError):
+            return
+        for account_id in account_ids[offset : offset + min(max(limit, 0), MAX_LIMIT)]:
+            self.world.orb(account_id)
+            await asyncio.sleep(0)
 
     async def _get_subscription(
         self, request: WireRequest, params: Mapping[str, str]

@@ -72,3 +72,34 @@ async def test_shell_ends_cleanly_on_end_of_input() -> None:
         raise EOFError
 
     assert await run_shell(_settings(), user_id="U0SUPPORT", read=eof, write=lambda _s: None) == 0
+
+
+async def test_shell_scan_digest_entries_can_be_acknowledged() -> None:
+    """`:scan` posts a burst of alerts as one digest whose per-alert menus the shell lists as
+    choices; choosing "Acknowledge" for one alert answers privately and updates the digest to
+    say who acknowledged it."""
+    from bot.domain.anomalies import DetectorConfig
+    from bot.services.scan import usage_days_needed
+    from integrations.sandbox.providers import sandbox_providers
+    from integrations.sandbox.world import build_world
+
+    world = build_world(ordinary_accounts=0, population=False)
+    providers = sandbox_providers(
+        world, usage_days=usage_days_needed(DetectorConfig()), clock=lambda: world.now
+    )
+    build = functools.partial(build_app, providers=providers, sandbox=True)
+    async with LocalSession(_settings(), build=build) as session:
+        scanned = await session.scan()
+        assert "new billing alerts" in scanned.output
+        assert "[⋯ Acknowledge | Not an anomaly | Snooze 24h]" in scanned.output
+        choices = scanned.output.split("(buttons:")[-1]
+        number = next(
+            part.split("]")[0].strip("[ ")
+            for part in choices.split("  ")
+            if "Acknowledge · " in part and "acct_globex" in part
+        )
+
+        clicked = await session.click(number)
+
+    assert "You acknowledged Duplicate charge on `acct_globex`" in clicked.output
+    assert "Acknowledged by @U0LOCALUSER" in clicked.output

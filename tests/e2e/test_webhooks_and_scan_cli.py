@@ -4,8 +4,13 @@ when piped)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,6 +19,7 @@ import pytest
 
 from bot.domain.webhooks import sign_stripe
 from integrations.sandbox.slack import LocalSlack
+from integrations.sandbox.world import build_world
 from tests.e2e.test_cli import _run
 from tests.support.app import serve_app, wait_until
 from tests.support.providers import FakeProviders
@@ -142,3 +148,63 @@ async def test_a_dispute_whose_account_cannot_be_looked_up_now_waits_instead_of_
         async with running.deps.database.uow() as uow:
             alerts = await uow.alerts.listing(statuses=None, limit=10, now=datetime.now(UTC))
         assert [a.account_id for a in alerts] == ["acct_fabrikam"]
+
+
+ROOT = Path(__file__).resolve().parents[2]
+#: The planted stories alone (the provider process's world with these arguments).
+STORIES = build_world(ordinary_accounts=0, population=False)
+
+
+@contextlib.contextmanager
+def provider_process(*faults: str) -> Iterator[dict[str, str]]:
+    """The sandbox providers served by their own process with scripted `--fault`s; yields the
+    environment that points the app at them (real-provider mode, paced fast enough)."""
+    args = [sys.executable, "-m", "tests.support.provider_process", "--ordinary", "0",
+            "--no-population", *(a for f in faults for a in ("--fault", f))]  # fmt: skip
+    proc = subprocess.Popen(
+        args, cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line, proc.communicate(timeout=10)[1][-2000:]
+        info = json.loads(line)
+        yield {**info["env"], "STRIPE_RATE_LIMIT": "500", "ORB_RATE_LIMIT": "500",
+               "METRONOME_RATE_LIMIT": "500"}  # fmt: skip
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+
+
+def test_scan_cli_rides_out_a_provider_429ing_for_a_while(tmp_path: Path) -> None:
+    """Stripe answers 25 charge lists with 429 and `Retry-After: 1`: the scan slows down, still
+    scans every account, says how many calls were rate limited, and exits 0."""
+    with provider_process("stripe:429:/v1/charges:25:1") as env:
+        done = _run("scan", "--json", cwd=tmp_path,
+                    DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/s.db", **env)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"complete: {len(STORIES.accounts)} accounts" in done.stderr
+    assert "rate-limited" in done.stderr and "accounts could not be scanned" not in done.stderr
+    assert {json.loads(line)["account"] for line in done.stdout.splitlines()} >= {
+        "acct_globex", "acct_fabrikam", "acct_contoso"
+    }  # fmt: skip
+
+
+def test_scan_cli_exits_3_naming_the_accounts_a_provider_never_served(tmp_path: Path) -> None:
+    """Orb answers every invoice list with 429 for good: the Orb-billed accounts could not be
+    scanned and the summary names them, the others' alerts are still printed, exit code 3."""
+    orb_billed = {a.account_id for a in STORIES.accounts if a.orb_customer_id}
+    assert orb_billed
+    with provider_process("orb:429:/v1/invoices:forever:0") as env:
+        done = _run("scan", "--json", cwd=tmp_path,
+                    DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/s.db", **env)  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    assert "INCOMPLETE" in done.stderr
+    failed = next(
+        line for line in done.stderr.splitlines() if "accounts could not be scanned:" in line
+    )
+    assert all(account in failed for account in orb_billed), failed
+    assert f"{len(orb_billed)} accounts could not be scanned" in failed
+    assert "acct_fabrikam" in {json.loads(line)["account"] for line in done.stdout.splitlines()}
+    assert "Traceback" not in done.stderr

@@ -3,7 +3,7 @@ snapshot through the real Stripe, Orb and Metronome clients (the lookup service 
 transport, as a scan takes them), `detect` on each, compared with `expected_alerts`.
 
 The world here has every story, the whole labelled population and the first 100 ordinary
-accounts, to keep the suite fast; `bench/scan_quality.py` measures the default world (all 300)."""
+accounts, to keep the suite fast; `bench/scan.py quality` measures the default world (all 300)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from integrations.sandbox.world import SandboxWorld, build_world
 
 NOW = datetime(2026, 11, 20, tzinfo=UTC)
 CONFIG = DetectorConfig()
-#: The issue's assertion; the bench (`bench/scan_quality.py`) holds the 0.95 target.
+#: The issue's assertion; the bench (`bench/scan.py quality`) holds the 0.95 target.
 FLOOR = 0.9
 
 

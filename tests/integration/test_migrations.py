@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, date, datetime
 
 import pytest
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
-from bot.storage.db import make_engine
+from bot.storage.db import Database, make_engine
 from bot.storage.migrate import current_revision, downgrade, head_revision, upgrade
 
 TABLES = {
@@ -94,3 +95,35 @@ async def test_every_migration_goes_down_to_nothing(database_url: str) -> None:
 
     assert await _table_names(database_url) <= {"alembic_version"}
     assert await current_revision(database_url) is None
+
+
+ALERT_TABLES = {
+    "alerts", "alert_feedback", "alert_suppressions", "scan_runs", "scan_items", "scan_accounts",
+    "webhook_events",
+}  # fmt: skip
+
+
+async def test_the_alerts_migration_goes_down_and_up_again(database_url: str) -> None:
+    """Migration 0003 (alerts, scans, webhooks) rolls back cleanly, leaving the tables before
+    it, and re-applies to a schema the alert and scan repositories work on."""
+    await upgrade(database_url)
+
+    await downgrade(database_url, "0002")
+    tables = await _table_names(database_url)
+    assert not (ALERT_TABLES & tables)
+    assert {"processed_events", "audit_events", "account_links"} <= tables
+    assert await current_revision(database_url) == "0002"
+
+    await upgrade(database_url)
+    assert await _table_names(database_url) >= ALERT_TABLES | TABLES
+    database = Database(database_url)
+    try:
+        async with database.uow() as uow:
+            run_id = await uow.scans.start_run(
+                coordinator="test", today=date(2026, 11, 20), post=False,
+                now=datetime(2026, 11, 20, tzinfo=UTC),
+            )  # fmt: skip
+            assert await uow.scans.claim_accounts(run_id, ["acct_a"], item_id=1) == {"acct_a"}
+            await uow.commit()
+    finally:
+        await database.dispose()

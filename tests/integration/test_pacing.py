@@ -58,6 +58,20 @@ def test_the_limiter_spaces_requests_after_a_burst_and_backs_off_on_429() -> Non
     assert limiter.rate == 10  # recovered, never above the configured rate
 
 
+def test_429s_refused_together_halve_the_rate_once() -> None:
+    """Twenty callers refused in the same second are one signal: the rate halves once (not
+    down to the floor), all wait out the `Retry-After`, and a 429 after it halves again."""
+    now = [100.0]
+    limiter = RateLimiter(100, clock=lambda: now[0])
+    for _ in range(20):
+        limiter.throttle(retry_after=1.0)
+    assert limiter.rate == 50 and limiter.throttled == 20
+    assert limiter.reserve() == pytest.approx(1.0)
+    now[0] += 1.5
+    limiter.throttle(retry_after=None)
+    assert limiter.rate == 25
+
+
 async def test_queue_time_never_counts_against_the_provider_deadline(
     echo: tuple[FakeProviderServer, Echo],
 ) -> None:
