@@ -5,6 +5,7 @@ every client."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from typing import Any
@@ -20,6 +21,15 @@ from handlers.web import build_web_app
 log = logging.getLogger("bot.server")
 
 
+def settle_heap() -> None:
+    """Move everything alive after start-up (modules, the sandbox index, settings, the app) out
+    of the garbage collector's sight (`gc.freeze`): a long-running server's collections then
+    scan only what requests allocate, instead of walking the whole start-up heap again and
+    again, which showed as ack-latency spikes under load."""
+    gc.collect()
+    gc.freeze()
+
+
 class HttpServer:
     """The running HTTP mode: start, then `stop()` drains and closes everything."""
 
@@ -32,6 +42,7 @@ class HttpServer:
     async def start(self) -> None:
         """Migrate (unless disabled), bind and serve."""
         await startup(self.app)
+        settle_heap()
         self._runner = web.AppRunner(
             build_web_app(self.app, deps_of(self.app)), access_log=None, shutdown_timeout=5
         )

@@ -26,8 +26,10 @@ from handlers import (
 def register_all(app: AsyncApp, deps: Deps) -> None:
     """Register middleware, listeners and the error handler on `app`."""
     middleware.register(app, deps)
-    access.register(app, deps)
+    # The slash command's listener first: Bolt tries listeners in order, and each matcher it
+    # tries costs an argument injection before the right one is found.
     commands.register(app, deps)
+    access.register(app, deps)
     approvals.register(app, deps)
     explain.register(app, deps)
     alerts.register(app, deps)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -143,53 +142,50 @@ async def _tell(body: dict[str, Any]) -> None:
         log.warning("could not deliver an access refusal", exc_info=True)
 
 
-def register(app: AsyncApp, deps: Deps) -> None:
-    """Add the VIEWERS middleware and the group-cache invalidation listener."""
-
-    @app.middleware
-    async def require_viewer(
-        body: dict[str, Any],
-        client: AsyncWebClient,
-        next: Callable[[], Awaitable[None]],
-    ) -> BoltResponse | None:
-        kind = request_kind(body)
-        user = acting_user(body)
-        if kind is None or user is None or await deps.access.can_view(user):
-            await next()
-            return None
-        deps.metrics.inc("billing_triage_access_refused_total", request=kind)
-        deps.observer.record(AccessDenied(not_viewer_text()))  # `ask` exits 1
-        log.info("request refused: not a viewer", extra={"request": kind})
-        await _audit_refusal(deps, user, kind, body)
-        text = not_viewer_text()
-        if kind == "command":
-            reply = json.dumps({"response_type": "ephemeral", "text": text,
-                                "blocks": [section(f":lock: {text}")]})  # fmt: skip
-            return BoltResponse(
-                status=200, body=reply, headers={"content-type": "application/json"}
-            )
-        if kind == "view_submission":
-            view = {
-                "type": "modal",
-                "title": {"type": "plain_text", "text": "Billing Triage"},
-                "close": {"type": "plain_text", "text": "Close"},
-                "blocks": [section(f":lock: {text}")],
-            }
-            reply = json.dumps({"response_action": "update", "view": view})
-            return BoltResponse(
-                status=200, body=reply, headers={"content-type": "application/json"}
-            )
-        if kind == "block_suggestion":
-            return BoltResponse(status=200, body=json.dumps({"options": []}),
-                                headers={"content-type": "application/json"})  # fmt: skip
-        if kind in ("app_mention", "message"):
-            event = body.get("event") or {}
-            channel = event.get("channel")
-            if channel:
-                deps.inflight.spawn(_post_ephemeral(client, str(channel), user, text))
-            return BoltResponse(status=200, body="")
-        deps.inflight.spawn(_tell(body))
+async def refuse_non_viewer(
+    deps: Deps, body: dict[str, Any], client: AsyncWebClient
+) -> BoltResponse | None:
+    """The answer for a request from someone outside VIEWERS (the short refusal, audited), or
+    None when the request may go on. Called by the one global middleware (handlers.middleware)
+    for every request type, so no feature can forget it."""
+    kind = request_kind(body)
+    user = acting_user(body)
+    if kind is None or user is None or await deps.access.can_view(user):
+        return None
+    deps.metrics.inc("billing_triage_access_refused_total", request=kind)
+    deps.observer.record(AccessDenied(not_viewer_text()))  # `ask` exits 1
+    log.info("request refused: not a viewer", extra={"request": kind})
+    await _audit_refusal(deps, user, kind, body)
+    text = not_viewer_text()
+    if kind == "command":
+        reply = json.dumps({"response_type": "ephemeral", "text": text,
+                            "blocks": [section(f":lock: {text}")]})  # fmt: skip
+        return BoltResponse(status=200, body=reply, headers={"content-type": "application/json"})
+    if kind == "view_submission":
+        view = {
+            "type": "modal",
+            "title": {"type": "plain_text", "text": "Billing Triage"},
+            "close": {"type": "plain_text", "text": "Close"},
+            "blocks": [section(f":lock: {text}")],
+        }
+        reply = json.dumps({"response_action": "update", "view": view})
+        return BoltResponse(status=200, body=reply, headers={"content-type": "application/json"})
+    if kind == "block_suggestion":
+        return BoltResponse(status=200, body=json.dumps({"options": []}),
+                            headers={"content-type": "application/json"})  # fmt: skip
+    if kind in ("app_mention", "message"):
+        event = body.get("event") or {}
+        channel = event.get("channel")
+        if channel:
+            deps.inflight.spawn(_post_ephemeral(client, str(channel), user, text))
         return BoltResponse(status=200, body="")
+    deps.inflight.spawn(_tell(body))
+    return BoltResponse(status=200, body="")
+
+
+def register(app: AsyncApp, deps: Deps) -> None:
+    """Add the group-cache invalidation listener (the VIEWERS check itself runs in the one
+    global middleware, `handlers.middleware`, through `refuse_non_viewer`)."""
 
     @app.event("subteam_members_changed")
     async def handle_subteam_members_changed(event: dict[str, Any]) -> None:
