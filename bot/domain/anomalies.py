@@ -237,7 +237,7 @@ _EXPLAINED_BY_TERMS = frozenset(
     {
         FindingKind.PLAN_CHANGE,
         FindingKind.PRORATION,
-        FindingKind.DISCOUNT_EXPIRED,
+        FindingKind.DISCOUNT_ENDED,
         FindingKind.CREDIT_DEPLETED,
         FindingKind.BALANCE_APPLIED,
     }
@@ -987,7 +987,7 @@ def _adjusted(inv: Invoice, config: DetectorConfig) -> Decimal:
     credits, discount = inv.credits_applied, inv.discount
     if FindingKind.CREDIT_DEPLETED in kinds and credits and credits.currency == currency:
         value += credits.amount
-    if FindingKind.DISCOUNT_EXPIRED in kinds and discount and discount.currency == currency:
+    if FindingKind.DISCOUNT_ENDED in kinds and discount and discount.currency == currency:
         value += discount.amount
     if FindingKind.PRORATION in kinds:
         value -= sum(

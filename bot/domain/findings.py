@@ -53,7 +53,7 @@ class FindingKind(enum.StrEnum):
     PRICE_CHANGE = "price_change"
     PLAN_CHANGE = "plan_change"
     PRORATION = "proration"
-    DISCOUNT_EXPIRED = "discount_expired"
+    DISCOUNT_ENDED = "discount_ended"
     DISCOUNT_ADDED = "discount_added"
     CREDIT_DEPLETED = "credit_depleted"
     CREDIT_ADDED = "credit_added"
@@ -1022,7 +1022,7 @@ class _Builder:
                 )
             else:
                 summary = f"Discounts fell from {self.m(d0)} to {self.m(d1)}"
-            self.add(FindingKind.DISCOUNT_EXPIRED, amount, summary, refs, detail=detail)
+            self.add(FindingKind.DISCOUNT_ENDED, amount, summary, refs, detail=detail)
         elif amount < 0:
             new = [n for n in names_now if n not in names_before]
             if new:

@@ -60,7 +60,7 @@ KIND_LABELS: dict[FindingKind, str] = {
     FindingKind.PRICE_CHANGE: "price change",
     FindingKind.PLAN_CHANGE: "plan change",
     FindingKind.PRORATION: "proration",
-    FindingKind.DISCOUNT_EXPIRED: "discount ended",
+    FindingKind.DISCOUNT_ENDED: "discount ended",
     FindingKind.DISCOUNT_ADDED: "discount",
     FindingKind.CREDIT_DEPLETED: "fewer prepaid credits",
     FindingKind.CREDIT_ADDED: "prepaid credits",

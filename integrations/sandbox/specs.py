@@ -13,7 +13,7 @@ from typing import Literal
 #: Finding kinds the explain engine reports (strings shared with it).
 FINDING_KINDS = (
     "usage_growth", "new_line", "removed_line", "price_change", "plan_change", "proration",
-    "discount_expired", "credit_depleted", "tax_change", "minimum_commitment", "duplicate_charge",
+    "discount_ended", "credit_depleted", "tax_change", "minimum_commitment", "duplicate_charge",
     "balance_applied",
 )  # fmt: skip
 
@@ -69,7 +69,7 @@ STORY_SPECS: tuple[StorySpec, ...] = (
         "Stripe Billing; a 20% coupon ran out after the previous invoice, so the latest invoice "
         "has no discount.",
         latest_invoice_days_ago=4,
-        expected_finding="discount_expired",
+        expected_finding="discount_ended",
     ),
     StorySpec(
         "duplicate_charge",

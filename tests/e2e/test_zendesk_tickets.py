@@ -429,4 +429,4 @@ async def test_every_answer_is_recorded_as_a_case(
         report = (await build_report(running.deps.database, days=7)).to_json()
     assert report["cases"] == 4
     causes = {c["cause"] for c in report["causes"]}
-    assert {"duplicate_charge", "discount_expired", "usage_growth"} <= causes
+    assert {"duplicate_charge", "discount_ended", "usage_growth"} <= causes

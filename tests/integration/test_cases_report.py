@@ -68,7 +68,7 @@ async def seed(db: Database) -> None:
             source="ticket",
             kind="ticket",
             account_id=account,
-            findings=[("discount_expired", usd("50.00"))],
+            findings=[("discount_ended", usd("50.00"))],
             ticket_id=2000 + n,
             at=ago(1 + n),
         )
@@ -177,7 +177,7 @@ async def test_the_report_counts_ranks_and_compares_windows(migrated_db: Databas
     assert data["window_days"] == 30
     assert data["cases"] == 16
     causes = {c["cause"]: c for c in data["causes"]}
-    assert [c["cause"] for c in data["causes"]][:2] == ["usage_growth", "discount_expired"]
+    assert [c["cause"] for c in data["causes"]][:2] == ["usage_growth", "discount_ended"]
     assert causes["usage_growth"] == {
         "cause": "usage_growth",
         "cases": 3,
@@ -186,8 +186,8 @@ async def test_the_report_counts_ranks_and_compares_windows(migrated_db: Databas
         "currency": "usd",
         "previous_cases": 1,
     }
-    assert causes["discount_expired"]["accounts"] == 3
-    assert causes["discount_expired"]["previous_cases"] == 0
+    assert causes["discount_ended"]["accounts"] == 3
+    assert causes["discount_ended"]["previous_cases"] == 0
     assert causes["duplicate_charge"]["amount"] == "3918.56"
     assert causes["tax_change"]["amount"] == "9.60"
 
@@ -210,7 +210,7 @@ async def test_a_cause_behind_many_accounts_at_once_is_a_wave(migrated_db: Datab
     """Three accounts with an expired discount this window and none before: a wave."""
     await seed(migrated_db)
     report = await build_report(migrated_db, days=30, now=NOW)
-    (wave,) = [w for w in report.waves if w.cause == "discount_expired"]
+    (wave,) = [w for w in report.waves if w.cause == "discount_ended"]
     assert wave.accounts == 3 and wave.previous_accounts == 0
     assert set(wave.examples) == {"acct_b", "acct_c", "acct_d"}
 

@@ -321,7 +321,7 @@ def test_expired_coupon() -> None:
     after = invoice("in_2", 4, [PRO])
     result = explain_invoice(after, [before])
     check_invariants(result)
-    finding = only(result, FindingKind.DISCOUNT_EXPIRED)
+    finding = only(result, FindingKind.DISCOUNT_ENDED)
     assert finding.amount == usd("20")
     assert finding.detail["coupon"] == "20% off for 3 months"
     assert "no longer applies" in finding.summary
@@ -680,7 +680,7 @@ def test_ranking_is_by_size() -> None:
         FindingKind.USAGE_GROWTH,
         FindingKind.REMOVED_LINE,
         FindingKind.NEW_LINE,
-        FindingKind.DISCOUNT_EXPIRED,
+        FindingKind.DISCOUNT_ENDED,
     ]
 
 

@@ -173,7 +173,7 @@ def cases(draw: st.DrawFn, *, taxed: bool = True) -> Case:
             case.planted.append(f"removed line {gone.cents}")
         elif change == "discount_ended":
             discount0 = draw(st.integers(1, fee // 100 // 2)) * 100
-            expected[(FindingKind.DISCOUNT_EXPIRED, discount0, None)] += 1
+            expected[(FindingKind.DISCOUNT_ENDED, discount0, None)] += 1
             case.planted.append(f"discount of {discount0} ended")
         elif change == "tax_rate" and taxed:
             tax1 = draw(st.sampled_from([0, 5, 7, 9, 10, 12]).filter(lambda r: r != tax0))
