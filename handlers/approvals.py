@@ -337,43 +337,31 @@ def register(app: AsyncApp, deps: Deps) -> None:
     async def tell(respond: AsyncRespond, text: str) -> None:
         await respond(text=text, response_type="ephemeral", replace_original=False)
 
-    @app.action(APPROVE_ACTION)
-    async def handle_approval_approve_action(
-        ack: AsyncAck,
-        body: dict[str, Any],
-        action: dict[str, Any],
-        respond: AsyncRespond,
-        context: dict[str, Any],
-        client: AsyncWebClient,
-    ) -> None:
-        await ack()
-        request_id, actor = request_id_of(action), clicker(body)
+    def decision_listener(decide: Callable[..., Awaitable[Any]]) -> Any:
+        # Approve and Retry differ only in the service call; Bolt passes listeners only the
+        # arguments it knows by name, so the call is bound here, not as a default argument.
+        async def handle_approval_action(
+            ack: AsyncAck,
+            body: dict[str, Any],
+            action: dict[str, Any],
+            respond: AsyncRespond,
+            context: dict[str, Any],
+            client: AsyncWebClient,
+        ) -> None:
+            await ack()
+            request_id, actor = request_id_of(action), clicker(body)
 
-        async def work() -> None:
-            result = await approvals.approve(request_id, actor=actor)
-            if result.refusal is not None:
-                await tell(respond, refusal_text(result.refusal, result.request, request_id))
+            async def work() -> None:
+                result = await decide(request_id, actor=actor)
+                if result.refusal is not None:
+                    await tell(respond, refusal_text(result.refusal, result.request, request_id))
 
-        after_ack(deps, work, body=body, context=context, client=client, respond=respond)
+            after_ack(deps, work, body=body, context=context, client=client, respond=respond)
 
-    @app.action(RETRY_ACTION)
-    async def handle_approval_retry_action(
-        ack: AsyncAck,
-        body: dict[str, Any],
-        action: dict[str, Any],
-        respond: AsyncRespond,
-        context: dict[str, Any],
-        client: AsyncWebClient,
-    ) -> None:
-        await ack()
-        request_id, actor = request_id_of(action), clicker(body)
+        return handle_approval_action
 
-        async def work() -> None:
-            result = await approvals.retry(request_id, actor=actor)
-            if result.refusal is not None:
-                await tell(respond, refusal_text(result.refusal, result.request, request_id))
-
-        after_ack(deps, work, body=body, context=context, client=client, respond=respond)
+    app.action(APPROVE_ACTION)(decision_listener(approvals.approve))
+    app.action(RETRY_ACTION)(decision_listener(approvals.retry))
 
     @app.action(DENY_ACTION)
     async def handle_approval_deny_action(
